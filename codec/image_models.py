@@ -1,0 +1,149 @@
+"""Image codec architectures, shipped rate points and checkpoint I/O.
+
+Kept apart from the coder (``image.py``) the way CompressAI keeps its zoo,
+entropy models and models apart:
+
+* ``build(arch, config)`` makes an untrained network;
+* ``load_checkpoint(path)`` loads a semarc checkpoint (``weights_only=True``);
+* ``RATE_POINTS`` names the checkpoints shipped in ``codec/weights``;
+* ``resolve(name)`` turns a ``--codec`` name into a loaded, ready network:
+  a shipped rate point (``semarc-f1``), a checkpoint path, or a CompressAI
+  zoo model (``bmshj2018-factorized:1``; needs the hub, or ``pretrained=false``
+  for offline tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+CKPT_FORMAT = "semarc-image-ckpt/1"
+
+
+def build(arch: str, config: dict) -> torch.nn.Module:
+    """A fresh (untrained) network of a semarc architecture."""
+    from compressai.models import FactorizedPrior
+
+    if arch == "factorized":
+        return FactorizedPrior(int(config["N"]), int(config["M"]))
+    raise ValueError(f"unknown image codec architecture {arch!r}")
+
+
+def state_dict_digest(state_dict: dict) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) in a fixed order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    arch: str
+    config: dict
+    net: torch.nn.Module
+    fingerprint: str  # sha256 hex of the shipped state dict + architecture
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def stride(self) -> int:
+        return int(getattr(self.net, "downsampling_factor", 64))
+
+
+def _fingerprint(arch: str, config: dict, digest: str) -> str:
+    desc = json.dumps({"arch": arch, "config": config, "weights": digest}, sort_keys=True)
+    return hashlib.sha256(desc.encode()).hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, arch: str, config: dict, net: torch.nn.Module,
+                    meta: dict | None = None, half: bool = True) -> str:
+    """Write a shippable checkpoint: float weights in fp16 (``half``), entropy
+    tables (integer CDFs) recomputed from the rounded weights so that the
+    file is self-consistent. Returns the fingerprint."""
+    net = net.cpu().eval()
+    if half:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(p.half().float())
+    net.update(force=True)
+    sd = {}
+    for k, v in net.state_dict().items():
+        sd[k] = v.half() if (half and v.is_floating_point()) else v.clone()
+    blob = {"format": CKPT_FORMAT, "arch": arch, "config": dict(config),
+            "state_dict": sd, "meta": json.dumps(meta or {}, sort_keys=True)}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    Path(path).write_bytes(buf.getvalue())
+    return _fingerprint(arch, dict(config), state_dict_digest(sd))
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path}: not a semarc image checkpoint ({CKPT_FORMAT})")
+    sd = blob["state_dict"]
+    fp = _fingerprint(blob["arch"], blob["config"], state_dict_digest(sd))
+    net = build(blob["arch"], blob["config"])
+    net.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()})
+    net.eval()
+    return LoadedModel(name=name or Path(path).stem, arch=blob["arch"], config=blob["config"],
+                       net=net, fingerprint=fp, meta=json.loads(blob.get("meta") or "{}"))
+
+
+def shipped_rate_points() -> dict[str, Path]:
+    """Rate points shipped in ``codec/weights`` (``<name>.pt``), by name."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
+
+
+def zoo_model(spec: str, pretrained: bool = True) -> LoadedModel:
+    """A CompressAI zoo model: ``arch:quality`` (e.g. ``cheng2020-attn:1``).
+
+    ``pretrained=True`` downloads the published weights (needs the hub).
+    The fingerprint covers the exact weights, so a bitstream made with one
+    download cannot be decoded silently with different weights."""
+    from compressai.zoo import image_models as zoo
+
+    arch, _, q = spec.partition(":")
+    if arch not in zoo:
+        raise ValueError(f"unknown CompressAI zoo model {arch!r}; known: {sorted(zoo)}")
+    quality = int(q or 1)
+    net = zoo[arch](quality=quality, metric="mse", pretrained=pretrained).eval()
+    net.update(force=True)
+    sd = net.state_dict()
+    fp = _fingerprint(f"zoo:{arch}", {"quality": quality}, state_dict_digest(sd))
+    return LoadedModel(name=spec, arch=f"zoo:{arch}", config={"quality": quality}, net=net,
+                       fingerprint=fp, meta={"pretrained": pretrained})
+
+
+def resolve(name: str, zoo_pretrained: bool = True) -> LoadedModel:
+    """``--codec NAME`` -> loaded model. NAME: a shipped rate point, a path to a
+    semarc checkpoint, or ``zoo:ARCH:QUALITY`` / ``ARCH:QUALITY`` for CompressAI."""
+    points = shipped_rate_points()
+    if name in points:
+        return load_checkpoint(points[name], name=name)
+    if name.endswith(".pt") and Path(name).exists():
+        return load_checkpoint(name)
+    spec = name[4:] if name.startswith("zoo:") else name
+    try:
+        from compressai.zoo import image_models as zoo
+    except ImportError as e:  # pragma: no cover - compressai is a core dependency
+        raise RuntimeError("compressai is not installed; see docs/install.md") from e
+    if spec.partition(":")[0] in zoo:
+        return zoo_model(spec, pretrained=zoo_pretrained)
+    raise ValueError(f"unknown codec {name!r}; shipped: {sorted(points)}; "
+                     f"or a CompressAI zoo name such as cheng2020-attn:1")
+
+
+DEFAULT_CODEC = "semarc-f1"

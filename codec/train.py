@@ -1,0 +1,187 @@
+"""Resumable rate-distortion training of semarc's image codecs.
+
+``semarc train-codec --run DIR ...`` trains on open photos (never Kodak) with
+loss = lambda * 255^2 * MSE + bpp, checkpointing model, optimisers, step and
+every RNG state to ``DIR/state.pt`` so that a run stopped at any point resumes
+exactly (same batches, same updates) with the same command. ``DIR/log.jsonl``
+gets one line per logging interval. ``--export PATH`` writes the shippable
+fp16 checkpoint with its training summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import image_models
+
+DEFAULT_PHOTOS = "../shared/data/photos"
+
+
+def load_photos(paths: list[str]) -> list[torch.Tensor]:
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        if "kodak" in p.lower() or "kodim" in os.path.basename(p).lower():
+            raise ValueError(f"refusing to train on Kodak ({p}): Kodak is for evaluation only")
+        with Image.open(p) as im:
+            out.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous())
+    if not out:
+        raise ValueError("no training photos found")
+    return out
+
+
+def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """Random crops at a random scale in [0.35, 1], random horizontal flip."""
+    xs = []
+    for _ in range(batch):
+        img = photos[int(torch.randint(len(photos), (1,), generator=gen))]
+        _, h, w = img.shape
+        s = 0.35 + 0.65 * float(torch.rand((), generator=gen))
+        side = min(h, w, max(crop, int(round(crop / s))))
+        y = int(torch.randint(h - side + 1, (1,), generator=gen))
+        x = int(torch.randint(w - side + 1, (1,), generator=gen))
+        patch = img[:, y:y + side, x:x + side].float().unsqueeze(0) / 255.0
+        if side != crop:
+            patch = F.interpolate(patch, size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)
+        if float(torch.rand((), generator=gen)) < 0.5:
+            patch = patch.flip(-1)
+        xs.append(patch)
+    return torch.cat(xs).clamp_(0, 1)
+
+
+def rd_loss(net, x, lmbda):
+    out = net(x)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-math.log(2) * n)
+    mse = F.mse_loss(out["x_hat"], x)
+    return lmbda * 255 ** 2 * mse + bpp, bpp, mse
+
+
+def train(args) -> dict:
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    cfg_path = run / "config.json"
+    config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
+              "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if {k: v for k, v in old.items() if k != "steps"} != config:
+            raise SystemExit(f"{run} holds a run with another configuration: {old}")
+    cfg_path.write_text(json.dumps(config, indent=1, sort_keys=True))
+
+    paths = sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
+    photos = load_photos(paths)
+    torch.manual_seed(args.seed)
+    net = image_models.build(args.arch, {"N": args.N, "M": args.M})
+    params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.Adam(params, lr=args.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    gen = torch.Generator().manual_seed(args.seed)
+    step = 0
+    state_path = run / "state.pt"
+    if state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(st["model"], strict=False)
+        opt.load_state_dict(st["opt"])
+        aux_opt.load_state_dict(st["aux_opt"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        step = st["step"]
+        print(f"resumed {run} at step {step}", flush=True)
+    elif args.init:
+        init = image_models.load_checkpoint(args.init)
+        net.load_state_dict(init.net.state_dict(), strict=False)
+        print(f"initialised from {args.init}", flush=True)
+
+    def save():
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+                    "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+        os.replace(tmp, state_path)
+
+    net.train()
+    log = open(run / "log.jsonl", "a")
+    t0, acc = time.time(), []
+    deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
+    while step < args.steps:
+        # learning-rate drop for the last 10% of the schedule
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.1 if step >= 0.9 * args.steps else 1.0)
+        x = sample_batch(photos, args.batch, args.crop, gen)
+        opt.zero_grad()
+        aux_opt.zero_grad()
+        loss, bpp, mse = rd_loss(net, x, args.lmbda)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        aux = net.aux_loss()
+        aux.backward()
+        aux_opt.step()
+        step += 1
+        acc.append((float(loss), float(bpp), float(mse)))
+        if step % args.log_every == 0 or step == args.steps:
+            a = np.mean(acc, axis=0)
+            rec = {"step": step, "loss": round(a[0], 5), "bpp": round(a[1], 5),
+                   "psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3),
+                   "aux": round(float(aux), 3), "steps_per_s": round(len(acc) / (time.time() - t0), 3),
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+            t0, acc = time.time(), []
+        if step % args.save_every == 0:
+            save()
+        if deadline and time.time() > deadline:
+            break
+    save()
+    log.close()
+    if args.export:
+        return export(run, args.export, args)
+    return {"step": step}
+
+
+def export(run: Path, out: str, args) -> dict:
+    st = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
+    cfg = json.loads((run / "config.json").read_text())
+    net = image_models.build(cfg["arch"], {"N": cfg["N"], "M": cfg["M"]})
+    net.load_state_dict(st["model"], strict=False)
+    lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
+    meta = {"trained_steps": st["step"], "train_config": cfg, "last_log": lines[-1] if lines else None,
+            "command": getattr(args, "command_line", None), "data": "open photos (../shared/data/photos), no Kodak"}
+    fp = image_models.save_checkpoint(out, cfg["arch"], {"N": cfg["N"], "M": cfg["M"]}, net, meta=meta)
+    print(f"exported {out} fingerprint {fp[:16]} after {st['step']} steps", flush=True)
+    return {"step": st["step"], "fingerprint": fp, "out": out}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder (state.pt, log.jsonl, config.json)")
+    p.add_argument("--arch", default="factorized")
+    p.add_argument("--N", type=int, default=64)
+    p.add_argument("--M", type=int, default=96)
+    p.add_argument("--lmbda", type=float, default=0.0018)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")
+    p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long")
+    p.add_argument("--export", default=None, help="write the shippable checkpoint here when done")

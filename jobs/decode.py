@@ -1,0 +1,165 @@
+"""The decode job: Parquet shards -> images and captions.
+
+Writes ``DST/images/<key>.<fmt>`` (key folders kept, made path-safe) and
+``DST/captions.jsonl`` (one ``{"key", "caption"}`` per decoded record, in
+shard order). Per shard, the images are written first, then
+``DST/_parts/part-NNNNN.jsonl`` (published atomically) marks the shard done, so a
+rerun skips finished shards. Records that cannot be decoded exactly are listed
+in ``DST/errors.jsonl`` and make the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import fsspec
+
+from ..cluster.ray_cluster import ray_session, size_pools
+from .encode import EXIT_ERROR_ROWS, EXIT_OK
+from .inputs import JobError
+from .keys import safe_relpath
+from .progress import Progress
+from .shards import list_shards, publish, read_metadata, read_shard
+
+
+@dataclass
+class DecodeOptions:
+    fmt: str = "png"
+    shards: list[str] | None = None   # shard names (part-00003) or indices
+    keys: list[str] | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    caption_model: str | None = None  # default: the model named in the shards' profile table
+    codec: str | None = None          # default: the codec named in the shards' profile table
+    caption_batch: int = 16
+    image_batch: int = 4
+    threads_per_actor: int = 1
+    storage_options: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass
+class DecodeReport:
+    records: int = 0
+    decoded: int = 0
+    errors: int = 0
+    skipped_error_rows: int = 0
+    shards: int = 0
+    shards_skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ERROR_ROWS if self.errors else EXIT_OK
+
+
+def _select(paths: list[str], wanted: list[str] | None) -> list[str]:
+    if not wanted:
+        return paths
+    names = {str(w) if not str(w).isdigit() else f"part-{int(w):05d}" for w in wanted}
+    sel = [p for p in paths if p.rsplit("/", 1)[-1].removesuffix(".parquet") in names]
+    missing = names - {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in sel}
+    if missing:
+        raise JobError(f"no such shard(s): {sorted(missing)}")
+    return sel
+
+
+def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeReport:
+    opts = opts or DecodeOptions()
+    t0 = time.time()
+    sfs, sroot = fsspec.core.url_to_fs(src, **opts.storage_options)
+    dfs, droot = fsspec.core.url_to_fs(dst, **opts.storage_options)
+    sroot, droot = sroot.rstrip("/"), droot.rstrip("/")
+    paths = _select(list_shards(sfs, sroot), opts.shards)
+    if not paths:
+        raise JobError(f"no shards (part-*.parquet) under {src}")
+    kv, _ = read_metadata(sfs, paths[0])
+    if "semarc.profiles" not in kv:
+        raise JobError(f"{paths[0]} is not a semarc shard (no semarc.profiles in its footer)")
+    profiles = json.loads(kv["semarc.profiles"])
+    report = DecodeReport(shards=len(paths))
+    done_parts = set()
+    if dfs.exists(f"{droot}/_parts"):
+        done_parts = {p.rsplit("/", 1)[-1] for p in dfs.ls(f"{droot}/_parts", detail=False)}
+    pending = [p for p in paths if p.rsplit("/", 1)[-1].replace(".parquet", ".jsonl") not in done_parts]
+    report.shards_skipped = len(paths) - len(pending)
+    keys = set(opts.keys) if opts.keys else None
+
+    with ray_session(opts.address, opts.num_cpus) as ray:
+        from ..workers.caption_worker import CaptionWorker
+        from ..workers.image_worker import ImageWorker
+        from ..workers.pool import ActorPool
+
+        res = ray.cluster_resources()
+        specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
+        todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
+        progress = Progress(todo if keys is None else 0, enabled=opts.progress)
+        if pending:
+            cap_desc = profiles["0"]
+            img_desc = profiles["2"]
+            cs, ims = specs["caption"], specs["image"]
+            cap_pool = ActorPool(CaptionWorker, cs.size, cs.num_cpus, cs.num_gpus,
+                                 args=(opts.caption_model or cap_desc["model"], cap_desc["profile"],
+                                       opts.threads_per_actor, cs.batch_size), name="caption")
+            img_pool = ActorPool(ImageWorker, ims.size, ims.num_cpus, ims.num_gpus,
+                                 args=(opts.codec or img_desc["codec"], opts.threads_per_actor,
+                                       opts.storage_options), name="image")
+        for path in pending:
+            table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
+            shard_profiles = json.loads(meta["semarc.profiles"])
+            rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
+            ok = [r for r in rows if r["status"] == "ok"]
+            report.skipped_error_rows += len(rows) - len(ok)
+            cb, ib = specs["caption"].batch_size, specs["image"].batch_size
+            img_calls = [(b, img_pool.submit("decode_to", [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"])
+                                                           for r in ok[b:b + ib]], shard_profiles, dst, opts.fmt))
+                         for b in range(0, len(ok), ib)]
+            cap_calls = [(b, cap_pool.submit("decode", [r["caption"] for r in ok[b:b + cb]], shard_profiles))
+                         for b in range(0, len(ok), cb)]
+            imgs: list = [None] * len(ok)
+            caps: list = [None] * len(ok)
+            for calls, pool, out in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
+                for b, (ref, a) in calls:
+                    got = ray.get(ref)
+                    pool.done(a)
+                    out[b:b + len(got)] = got
+                    if out is imgs:
+                        progress.update(len(got), errors=sum(1 for g in got if "error" in g))
+            lines, errs = [], []
+            for r, im, cap in zip(ok, imgs, caps):
+                e = [x["error"] for x in (im, cap) if "error" in x]
+                if e:
+                    errs.append({"key": r["key"], "error": "; ".join(e)})
+                else:
+                    lines.append({"key": r["key"], "caption": cap["caption"]})
+            name = path.rsplit("/", 1)[-1].replace(".parquet", "")
+            body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+            ebody = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs)
+            if errs:
+                publish(dfs, f"{droot}/_parts/{name}.errors.jsonl", ebody.encode())
+            publish(dfs, f"{droot}/_parts/{name}.jsonl", body.encode())
+        progress.close()
+
+    # commit: concatenate the parts in shard order
+    cap_lines, err_lines = [], []
+    for path in paths:
+        name = path.rsplit("/", 1)[-1].replace(".parquet", "")
+        cap_lines.append(dfs.cat_file(f"{droot}/_parts/{name}.jsonl").decode())
+        if dfs.exists(f"{droot}/_parts/{name}.errors.jsonl"):
+            err_lines.append(dfs.cat_file(f"{droot}/_parts/{name}.errors.jsonl").decode())
+    captions = "".join(cap_lines)
+    errors = "".join(err_lines)
+    report.decoded = sum(1 for line in captions.splitlines() if line.strip())
+    report.errors = sum(1 for line in errors.splitlines() if line.strip())
+    report.records = report.decoded + report.errors
+    publish(dfs, f"{droot}/captions.jsonl", captions.encode())
+    if errors:
+        publish(dfs, f"{droot}/errors.jsonl", errors.encode())
+        for line in errors.splitlines()[:20]:
+            print(f"semarc decode: ERROR {line}", flush=True)
+    report.seconds = time.time() - t0
+    publish(dfs, f"{droot}/_SUCCESS", json.dumps({"decoded": report.decoded, "errors": report.errors,
+                                                  "shards": report.shards}).encode())
+    return report

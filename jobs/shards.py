@@ -1,0 +1,110 @@
+"""Writer and reader of Parquet shards (record format v1, docs/format.md).
+
+A shard is published atomically: on a local filesystem it is written under
+a temporary name and renamed; on object stores (S3, GCS, ...) it is uploaded
+in one PUT, which is all-or-nothing. Shard names are fixed by the job plan.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT = "1"
+
+SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("uri", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("caption_source", pa.string()),     # "manifest" | "none" (| "generated", issue 6)
+    ("caption_fallback", pa.bool_()),    # caption stored by the lossless fallback coder
+    ("caption", pa.binary()),            # caption section (null: no caption)
+    ("image", pa.binary()),              # image section (null on error rows)
+    ("bytes_caption", pa.int32()),
+    ("bytes_image", pa.int32()),
+    ("bytes_total", pa.int32()),
+    ("status", pa.string()),             # "ok" | "error"
+    ("error", pa.string()),
+])
+
+BLOB_COLUMNS = ("caption", "image")
+
+
+def shard_name(i: int) -> str:
+    return f"part-{i:05d}"
+
+
+def to_bytes(rows: list[dict], metadata: dict[str, str]) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = table.replace_schema_metadata({k: v for k, v in metadata.items()})
+    buf = io.BytesIO()
+    pq.write_table(
+        table, buf,
+        row_group_size=max(1, len(rows)),
+        use_dictionary=[c for c in SCHEMA.names if c not in BLOB_COLUMNS],
+        compression={c: ("NONE" if c in BLOB_COLUMNS else "ZSTD") for c in SCHEMA.names},
+        write_page_checksum=True,
+        write_statistics=["key", "status"],
+    )
+    return buf.getvalue()
+
+
+def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or nothing."""
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        parent = path.rsplit("/", 1)[0]
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)  # a single PUT: atomic on object stores
+
+
+def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str, str], stats: dict) -> None:
+    name = shard_name(index)
+    publish(fs, f"{root}/{name}.parquet", to_bytes(rows, metadata))
+    publish(fs, f"{root}/{name}.stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
+
+
+def read_metadata(fs, path: str) -> tuple[dict[str, str], int]:
+    with fs.open(path, "rb") as f:
+        md = pq.ParquetFile(f).metadata
+        kv = {k.decode(): v.decode() for k, v in (md.metadata or {}).items()}
+        return kv, md.num_rows
+
+
+def read_shard(fs, path: str, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, str]]:
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=columns)
+    kv = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return table, kv
+
+
+def list_shards(fs, root: str) -> list[str]:
+    try:
+        files = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in files if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
+
+
+def shard_stats(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    s = {
+        "records": len(rows), "ok": len(ok), "errors": len(rows) - len(ok),
+        "caption_fallbacks": sum(1 for r in ok if r.get("caption_fallback")),
+        "bytes_caption": sum(r["bytes_caption"] or 0 for r in ok),
+        "bytes_image": sum(r["bytes_image"] or 0 for r in ok),
+        "pixels": sum((r["width"] or 0) * (r["height"] or 0) for r in ok),
+    }
+    s["bytes_total"] = s["bytes_caption"] + s["bytes_image"]
+    s["bpp"] = 8.0 * s["bytes_total"] / s["pixels"] if s["pixels"] else None
+    return s

@@ -1,0 +1,199 @@
+"""The ``semarc`` command line.
+
+Exit status (encode and decode):
+  0  every input was encoded (every record decoded)
+  3  the job finished, but some records are error rows (see ``semarc inspect``
+     or DST/errors.jsonl)
+  1  the job itself failed (bad SRC or DST, a manifest error, a crash)
+  2  bad command-line usage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS = 0, 1, 2, 3
+
+
+def _storage_options(args) -> dict:
+    return json.loads(args.storage_options) if getattr(args, "storage_options", None) else {}
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local one")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--storage-options", default=None,
+                   help="JSON dict of fsspec storage options (credentials are better left to the environment)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_encode(args) -> int:
+    from semarc.jobs.encode import EncodeOptions, run_encode
+
+    opts = EncodeOptions(codec=args.codec, caption_model=args.caption_model, caption_profile=args.caption_profile,
+                         shard_size=args.shard_size, address=args.address, num_cpus=args.num_cpus,
+                         caption_batch=args.caption_batch, image_batch=args.image_batch,
+                         storage_options=_storage_options(args), progress=not args.no_progress)
+    r = run_encode(args.src, args.dst, opts)
+    t = r.totals
+    print(f"semarc encode: {r.records} records in {r.shards} shards ({r.shards_skipped} already done): "
+          f"{r.ok} ok, {r.errors} errors; {t['bytes_total']} bytes "
+          f"(caption {t['bytes_caption']}, image {t['bytes_image']}) for {t['pixels']} pixels = "
+          f"{(t['bpp'] or 0):.5f} bpp; {r.seconds:.1f} s", flush=True)
+    if r.errors:
+        print(f"semarc encode: {r.errors} error rows; list them with: semarc inspect {args.dst} --errors",
+              file=sys.stderr)
+    return r.exit_code
+
+
+def cmd_decode(args) -> int:
+    from semarc.jobs.decode import DecodeOptions, run_decode
+
+    keys = None
+    if args.keys:
+        keys = [k for k in open(args.keys, encoding="utf-8").read().splitlines() if k] \
+            if os.path.isfile(args.keys) else args.keys.split(",")
+    opts = DecodeOptions(fmt=args.format, shards=args.shards.split(",") if args.shards else None, keys=keys,
+                         address=args.address, num_cpus=args.num_cpus, caption_model=args.caption_model,
+                         codec=args.codec, storage_options=_storage_options(args), progress=not args.no_progress)
+    r = run_decode(args.src, args.dst, opts)
+    print(f"semarc decode: {r.decoded} records decoded, {r.errors} failed, {r.skipped_error_rows} error rows "
+          f"skipped; {r.shards} shards ({r.shards_skipped} already done); {r.seconds:.1f} s", flush=True)
+    return r.exit_code
+
+
+def cmd_inspect(args) -> int:
+    from semarc.jobs.inspect import format_table, inspect
+
+    r = inspect(args.path, _storage_options(args))
+    if args.errors:
+        import fsspec
+
+        from semarc.jobs.shards import list_shards, read_shard
+
+        fs, root = fsspec.core.url_to_fs(args.path, **_storage_options(args))
+        for p in list_shards(fs, root.rstrip("/")):
+            t, _ = read_shard(fs, p, columns=["key", "status", "error"])
+            for row in t.to_pylist():
+                if row["status"] != "ok":
+                    print(json.dumps({"key": row["key"], "error": row["error"]}, ensure_ascii=False))
+        return EXIT_OK
+    print(json.dumps(r, indent=1) if args.json else format_table(r))
+    return EXIT_OK
+
+
+def cmd_codecs(args) -> int:
+    from semarc.codec import image_models
+
+    for name, path in image_models.shipped_rate_points().items():
+        m = image_models.load_checkpoint(path, name=name)
+        extra = m.meta.get("kodak_bpp")
+        print(f"{name}\t{m.arch} {m.config}\t{path.stat().st_size // 1024} KiB"
+              + (f"\tKodak {extra:.4f} bpp" if extra else "")
+              + ("\t(default)" if name == image_models.DEFAULT_CODEC else ""))
+    print("zoo:<arch>:<quality>\tCompressAI zoo models (downloads weights from the hub), "
+          "e.g. zoo:bmshj2018-factorized:1")
+    return EXIT_OK
+
+
+def cmd_sample(args) -> int:
+    from semarc.jobs.sample import write_sample
+
+    print(write_sample(args.dir))
+    return EXIT_OK
+
+
+def cmd_train_codec(args) -> int:
+    from semarc.codec import train
+
+    args.command_line = "semarc " + " ".join(sys.argv[1:])
+    train.train(args)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from semarc import __version__
+    from semarc.codec import image_models
+    from semarc.codec import lm as lm_mod
+
+    p = argparse.ArgumentParser(prog="semarc", description="Ultra-low-bitrate semantic image archiving.",
+                                epilog="exit status: 0 ok; 3 finished with error rows; 1 job failed; 2 usage")
+    p.add_argument("--version", action="version", version=f"semarc {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("encode", help="images (folder, glob or manifest) -> Parquet shards under DST")
+    e.add_argument("src")
+    e.add_argument("dst")
+    e.add_argument("--codec", default=image_models.DEFAULT_CODEC, help="image codec (see `semarc codecs`)")
+    e.add_argument("--caption-model", default=lm_mod.DEFAULT_MODEL,
+                   help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a local path")
+    e.add_argument("--caption-profile", default="portable")
+    e.add_argument("--shard-size", type=int, default=256, help="records per shard")
+    e.add_argument("--caption-batch", type=int, default=16)
+    e.add_argument("--image-batch", type=int, default=4)
+    _add_cluster(e)
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="Parquet shards -> DST/images/<key>.png and DST/captions.jsonl")
+    d.add_argument("src")
+    d.add_argument("dst")
+    d.add_argument("--format", default="png", choices=["png", "webp", "jpeg"])
+    d.add_argument("--shards", default=None, help="comma-separated shard names or indices (default: all)")
+    d.add_argument("--keys", default=None, help="comma-separated keys, or a file with one key per line")
+    d.add_argument("--codec", default=None, help="override the image codec named in the shards")
+    d.add_argument("--caption-model", default=None, help="override the caption model named in the shards")
+    _add_cluster(d)
+    d.set_defaults(func=cmd_decode)
+
+    i = sub.add_parser("inspect", help="per-shard and total figures of an encode output")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--errors", action="store_true", help="list the error rows (key, reason) as JSON lines")
+    i.add_argument("--storage-options", default=None)
+    i.set_defaults(func=cmd_inspect)
+
+    c = sub.add_parser("codecs", help="image codec names accepted by --codec")
+    c.set_defaults(func=cmd_codecs)
+
+    s = sub.add_parser("sample", help="write the bundled sample photos and manifest to DIR")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")
+    from semarc.codec import train
+
+    train.add_arguments(t)
+    t.set_defaults(func=cmd_train_codec)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from semarc.jobs.inputs import JobError
+
+    try:
+        return args.func(args)
+    except JobError as e:
+        print(f"semarc {args.cmd}: job failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"semarc {args.cmd}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - the job failed; say so with the cause
+        traceback.print_exc()
+        print(f"semarc {args.cmd}: job failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The image coder as a Ray actor: reads images where they live (any fsspec
+URL), codes them, and on decode writes the reconstructions to DST."""
+
+from __future__ import annotations
+
+import os
+
+
+class ImageWorker:
+    def __init__(self, codec: str, threads: int = 1, storage_options: dict | None = None,
+                 zoo_pretrained: bool = True) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        from semarc.codec.image import ImageCoder
+
+        self.coder = ImageCoder(codec, zoo_pretrained=zoo_pretrained)
+        self.storage_options = storage_options or {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def describe(self) -> dict:
+        return self.coder.describe()
+
+    def _read(self, uri: str) -> bytes:
+        import fsspec
+
+        with fsspec.open(uri, "rb", **self.storage_options) as f:
+            return f.read()
+
+    def encode(self, uris: list[str]) -> list[dict]:
+        """Per uri: {"width", "height", "section"} or {"error"}."""
+        from semarc.codec import record
+        from semarc.codec.imageio import ImageReadError, read_image
+
+        out: list = [None] * len(uris)
+        arrays, idx = [], []
+        for i, uri in enumerate(uris):
+            try:
+                arrays.append(read_image(self._read(uri)))
+                idx.append(i)
+            except ImageReadError as e:
+                out[i] = {"error": f"image: {e}"}
+            except FileNotFoundError as e:
+                out[i] = {"error": f"image: not found: {e}"}
+            except (OSError, PermissionError) as e:
+                out[i] = {"error": f"image: cannot read: {type(e).__name__}: {e}"}
+        if arrays:
+            try:
+                coded = self.coder.encode_batch(arrays)
+            except Exception:  # isolate: code one by one so one bad image cannot fail the rest
+                coded = []
+                for a in arrays:
+                    try:
+                        coded.append(self.coder.encode_batch([a])[0])
+                    except Exception as e:
+                        coded.append(e)
+            for i, c in zip(idx, coded):
+                if isinstance(c, Exception):
+                    out[i] = {"error": f"image: encode failed: {type(c).__name__}: {c}"}
+                else:
+                    out[i] = {"width": c.width, "height": c.height,
+                              "section": record.pack_image(c.payload, c.check)}
+        return out
+
+    def decode_to(self, items: list[tuple[str, bytes]], profiles: dict, dst: str, fmt: str = "png") -> list[dict]:
+        """Decode ``(relative output path, section)`` items, write each image to
+        ``dst/relpath``; per item {"ok": True, "width", "height"} or {"error"}."""
+        import fsspec
+
+        from semarc.codec import record
+        from semarc.codec.image import ImageCodecError
+        from semarc.codec.imageio import encode_as
+
+        out: list = [None] * len(items)
+        todo = []
+        for i, (rel, section) in enumerate(items):
+            try:
+                payload, check = record.unpack_image(section)
+                record.check_profile(profiles, record.SLOT_IMAGE, self.coder.describe())
+                todo.append((i, payload, check))
+            except (record.FormatError, ImageCodecError) as e:
+                out[i] = {"error": f"image: {e}"}
+        arrays = self.coder.decode_batch([(p, c) for _, p, c in todo])
+        fs, root = fsspec.core.url_to_fs(dst, **self.storage_options)
+        for (i, _, _), a in zip(todo, arrays):
+            if isinstance(a, Exception):
+                out[i] = {"error": f"image: {a}"}
+                continue
+            path = f"{root.rstrip('/')}/{items[i][0]}"
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            fs.pipe_file(path, encode_as(a, fmt))
+            out[i] = {"ok": True, "width": int(a.shape[1]), "height": int(a.shape[0])}
+        return out

@@ -1,0 +1,42 @@
+"""A fixed-size pool of Ray actors with least-loaded dispatch.
+
+Calls are queued on the actor that has the fewest in flight; the caller
+bounds how much it submits (the job keeps a window of shards in flight), so
+memory stays bounded and every actor stays busy.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+
+class ActorPool:
+    def __init__(self, cls, size: int, num_cpus: float = 1, num_gpus: float = 0, args: tuple = (),
+                 kwargs: dict | None = None, name: str = "pool") -> None:
+        import ray
+
+        remote_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=2,
+                                max_task_retries=2)(cls)
+        self.name = name
+        self.actors = [remote_cls.remote(*args, **(kwargs or {})) for _ in range(max(1, size))]
+        self._inflight = {i: 0 for i in range(len(self.actors))}
+        self._rr = itertools.count()
+
+    def submit(self, method: str, *args):
+        """Call ``method`` on the least-loaded actor; returns (ObjectRef, actor index)."""
+        i = min(self._inflight, key=lambda k: (self._inflight[k], (next(self._rr) + k) % len(self.actors)))
+        self._inflight[i] += 1
+        return getattr(self.actors[i], method).remote(*args), i
+
+    def done(self, i: int) -> None:
+        self._inflight[i] -= 1
+
+    def call_all(self, method: str, *args) -> list:
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def first(self, method: str, *args):
+        import ray
+
+        return ray.get(getattr(self.actors[0], method).remote(*args))
