@@ -44,6 +44,7 @@ K_MAX = 40 * STEP_DENOM    # exp(-40) ~ 4e-18: everything below gets the floor f
 W_BITS = 30
 TOTAL_BITS = 32
 TOTAL = 1 << TOTAL_BITS
+INFO_SLACK_BITS = 32
 
 
 def _exp_table() -> torch.Tensor:
@@ -123,6 +124,20 @@ class CaptionCoder:
         self.max_tokens = int(self.profile["max_tokens"])
         self.batch_size = batch_size
         self.stats = {"lm": 0, "fallback": 0, "verify_failed": 0}
+        if profile == "portable":
+            self._self_test()
+
+    def _self_test(self) -> None:
+        """The portable profile needs a float64-clean forward pass: padding and
+        batch shape must not move logits beyond float64 noise. Checked at load."""
+        a = self.lm.tokenize("A self-test caption: two dogs play on green grass near a lake.")
+        b = self.lm.tokenize("Short.")
+        alone = self.lm.score(self.prefix, [a])[0]
+        padded = self.lm.score(self.prefix, [b, a, b])[1]
+        diff = float((alone - padded).abs().max())
+        if not diff < 1e-9:
+            raise RuntimeError(f"model {self.lm.source.name!r} is not float64-clean (padding moves logits by "
+                               f"{diff:.2e}); the portable profile cannot guarantee exact decoding with it")
 
     # -- identity -------------------------------------------------------------
     def describe(self) -> dict:
@@ -202,9 +217,11 @@ class CaptionCoder:
         if n == 0:
             return []
         decs = [arith.Decoder(p) for p in payloads]
-        # each token costs >= -log2((TOTAL - V + 1) / TOTAL) bits, which bounds a stream's tokens
-        min_bits = -torch.log2(torch.tensor(1.0 - (self.lm.vocab_size - 1) / TOTAL, dtype=torch.float64)).item()
-        budgets = [min(self.max_tokens + 1, int((8 * len(p) + 2) / min_bits) + 1) for p in payloads]
+        # A canonical stream of B bytes never carries more than ~8B bits of
+        # information: once a stream has consumed 8B + SLACK bits without an
+        # end token, it is corrupt (a legitimate one trips this with probability
+        # ~2^-SLACK, and encode-time verification would then use the fallback).
+        limits = [8 * len(p) + INFO_SLACK_BITS + arith.PRECISION for p in payloads]
         state = self.lm.start(self.prefix, n)
         logits = state["first"]
         toks: list[list[int]] = [[] for _ in range(n)]
@@ -228,7 +245,7 @@ class CaptionCoder:
                     bad[i] = not decs[i].is_canonical()
                 else:
                     toks[i].append(s)
-                    if len(toks[i]) >= budgets[i]:
+                    if decs[i].scale > limits[i] or len(toks[i]) > self.max_tokens:
                         bad[i] = done[i] = True
                 feed.append(s)
             if all(done):

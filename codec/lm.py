@@ -68,6 +68,59 @@ def _hash_state_dict(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+_RMSNORM_CLASSES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm",
+                    "OlmoRMSNorm", "GraniteRMSNorm", "SmolLM3RMSNorm"}
+
+
+def _rms_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+class _TableRoPE(torch.nn.Module):
+    """RoPE cos/sin from one float64 table: identical values for a position
+    whatever the batch shape (transformers computes them in float32 per call,
+    and vectorised vs scalar float32 cos differ in the last bit)."""
+
+    def __init__(self, orig: torch.nn.Module, config, max_positions: int) -> None:
+        super().__init__()
+        rope = getattr(config, "rope_parameters", None) or {}
+        rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+        base = rope.get("rope_theta") if isinstance(rope, dict) else None
+        base = base or getattr(config, "rope_theta", 10000.0)
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if rope_type == "default":
+            inv_freq = 1.0 / (float(base) ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        else:
+            inv_freq = orig.inv_freq.to(torch.float64)
+        scaling = float(getattr(orig, "attention_scaling", 1.0))
+        pos = torch.arange(max_positions, dtype=torch.float64)
+        emb = torch.outer(pos, inv_freq)
+        emb = torch.cat((emb, emb), dim=-1)
+        self.register_buffer("cos_table", emb.cos() * scaling, persistent=False)
+        self.register_buffer("sin_table", emb.sin() * scaling, persistent=False)
+
+    def forward(self, x, position_ids):
+        return (self.cos_table[position_ids].to(x.dtype), self.sin_table[position_ids].to(x.dtype))
+
+
+def make_float64_clean(model: torch.nn.Module, max_positions: int = 4096) -> list[str]:
+    """Remove the float32 islands that transformers keeps inside float64 models
+    (RMSNorm statistics, RoPE angles), so that a float64 forward pass is
+    float64 throughout. Returns what was patched."""
+    import types
+
+    patched = []
+    for name, mod in model.named_modules():
+        if type(mod).__name__ in _RMSNORM_CLASSES and hasattr(mod, "variance_epsilon"):
+            mod.forward = types.MethodType(_rms_forward, mod)
+            patched.append(name)
+        if hasattr(mod, "rotary_emb") and hasattr(mod.rotary_emb, "inv_freq"):
+            mod.rotary_emb = _TableRoPE(mod.rotary_emb, model.config, max_positions)
+            patched.append(f"{name}.rotary_emb")
+    return patched
+
+
 class TransformersLM:
     backend = "transformers"
 
@@ -81,11 +134,13 @@ class TransformersLM:
         kw = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
         with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
             self.tokenizer = AutoTokenizer.from_pretrained(self.source.path, **kw)
-            net = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=torch.float32, **kw)
+            net = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=torch.float32,
+                                                           attn_implementation="sdpa", **kw)
         params = inspect.signature(net.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._weights_sha = _hash_state_dict(net)
         self.model = net.to(device=device, dtype=dtype).eval()
+        self.patched = make_float64_clean(self.model) if dtype == torch.float64 else []
         self.dtype, self.device = dtype, device
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_id = int(self.tokenizer.eos_token_id)
@@ -140,7 +195,8 @@ class TransformersLM:
 
     def fingerprint_fields(self) -> dict:
         return {"backend": self.backend, "model": self.source.name, "weights_sha256": self._weights_sha,
-                "tokenizer_sha256": self._tokenizer_sha, "precision": str(self.dtype).replace("torch.", "")}
+                "tokenizer_sha256": self._tokenizer_sha, "precision": str(self.dtype).replace("torch.", ""),
+                "float64_clean": bool(self.patched)}
 
 
 _CACHE: dict = {}

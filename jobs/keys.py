@@ -19,7 +19,7 @@ def safe_relpath(key: str) -> str:
             continue
         if comp == "..":
             comp = "%2E%2E"
-        comp = quote(comp, safe="") if _UNSAFE.search(comp) or comp.startswith(" ") else comp
-        comp = comp.replace(":", "%3A")
-        parts.append(comp[:240])
+        elif _UNSAFE.search(comp) or comp.startswith(" "):
+            comp = quote(comp, safe="")
+        parts.append(comp)
     return "/".join(parts) or "%00empty"

@@ -1,0 +1,119 @@
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semarc.codec import record
+from semarc.codec.caption import TOTAL, CaptionError, quantized_freqs
+
+EDGE = ["", " ", "A dog.", "emoji 🐶🎉 and ünïcödé, 中文, العربية, हिन्दी",
+        "control\x00\x01\x7f chars\ttab\r\nnewline", "the end token <|im_end|> and <|im_start|> in text",
+        "  leading and trailing spaces  ", "a" * 300, "\u200b\ufeff zero-width"]
+
+
+def test_edge_texts_roundtrip_exactly(caption_coder):
+    coded = caption_coder.encode_batch(EDGE)
+    back = caption_coder.decode_batch([(c.mode, c.payload) for c in coded])
+    assert back == EDGE
+    assert all(c.mode == "lm" for c in coded), [(c.mode, c.reason) for c in coded]
+
+
+def test_unencodable_text_uses_flagged_fallback(caption_coder):
+    lone_surrogate = "bad \ud800 surrogate"
+    (c,) = caption_coder.encode_batch([lone_surrogate])
+    assert c.mode == "fallback" and c.reason
+    assert caption_coder.decode_batch([(c.mode, c.payload)]) == [lone_surrogate]
+
+
+def test_too_long_text_uses_fallback(caption_coder):
+    long = "word " * 1500
+    (c,) = caption_coder.encode_batch([long])
+    assert c.mode == "fallback" and "tokens" in c.reason
+    assert caption_coder.decode_batch([(c.mode, c.payload)]) == [long]
+
+
+def test_kodak_captions_near_model_code_length(caption_coder, shared):
+    caps = [r["caption"] for r in csv.DictReader(open(shared / "kodak_captions.csv"))][:6]
+    coded = caption_coder.encode_batch(caps)
+    assert caption_coder.decode_batch([(c.mode, c.payload) for c in coded]) == caps
+    ideal = 0.0
+    for ids, lg in zip([caption_coder.lm.tokenize(c) for c in caps],
+                       caption_coder.lm.score(caption_coder.prefix, [caption_coder.lm.tokenize(c) for c in caps])):
+        lp = torch.log_softmax(lg, -1)
+        ideal += -sum(lp[t, s].item() for t, s in enumerate(ids + [caption_coder.lm.eos_id])) / 8 / 0.6931471805599453
+    got = sum(len(c.payload) for c in coded)
+    raw = sum(len(c.encode()) for c in caps)
+    assert got <= ideal + len(caps) * 1.0, (got, ideal)
+    assert got < raw / 6
+
+
+def test_bytes_identical_across_batch_sizes(caption_coder, shared):
+    import json
+
+    coco = json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]
+    caps = [a["caption"] for a in coco[:9]] + [r["caption"] for r in csv.DictReader(open(shared / "kodak_captions.csv"))][:1] + EDGE[:4]
+    old = caption_coder.batch_size
+    try:
+        outs = []
+        for bs in (1, 7, 64):
+            caption_coder.batch_size = bs
+            outs.append([c.payload for c in caption_coder.encode_batch(caps)])
+    finally:
+        caption_coder.batch_size = old
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_bytes_identical_across_thread_counts(caption_coder, tmp_path):
+    """Encode in fresh processes with 1 and 2 torch threads; the bytes must match."""
+    script = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[1]));"
+        "from semarc.codec.caption import CaptionCoder;"
+        "c = CaptionCoder(batch_size=4);"
+        "caps = ['A red car parked by a tree.', 'Two people walk along a beach at sunset.', 'x'];"
+        "sys.stdout.write(b''.join(e.payload.hex().encode() + b'|' for e in c.encode_batch(caps)).decode())"
+    )
+    outs = [subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, timeout=600)
+            for n in (1, 2)]
+    assert outs[0].returncode == 0, outs[0].stderr[-2000:]
+    assert outs[0].stdout == outs[1].stdout and outs[0].stdout.count("|") == 3
+
+
+def test_corrupt_and_truncated_streams_are_errors(caption_coder):
+    text = "A small boat floats on a calm lake under a grey sky."
+    (c,) = caption_coder.encode_batch([text])
+    section = record.pack_caption(c.mode, c.payload, text)
+    errors = 0
+    variants = [c.payload[:-1], c.payload[: len(c.payload) // 2], c.payload + b"\x00\x01"]
+    variants += [bytes([b ^ (1 << (i % 8))]) .join([c.payload[:i], c.payload[i + 1:]]) for i, b in
+                 enumerate(c.payload)]
+    for v in variants:
+        try:
+            (got,) = caption_coder.decode_batch([("lm", v)])
+        except CaptionError:
+            errors += 1
+            continue
+        # a stream that decodes to something must then fail the section check
+        if record.caption_check(got) != record.unpack_caption(section)[2] or got != text:
+            errors += 1
+    assert errors == len(variants)
+
+
+def test_quantized_freqs_are_exact_integers_and_robust_to_noise():
+    torch.manual_seed(0)
+    lg = torch.randn(4, 5000, dtype=torch.float64) * 5
+    f = quantized_freqs(lg)
+    assert f.dtype == torch.int64 and (f >= 1).all()
+    assert (f.sum(-1) == TOTAL).all()
+    noisy = lg + torch.randn_like(lg) * 1e-13
+    assert torch.equal(quantized_freqs(noisy), f)
+
+
+def test_profile_fingerprint_mismatch_is_refused(caption_coder):
+    desc = caption_coder.describe()
+    table = record.profile_table(desc, caption_coder.describe_fallback(), {"fingerprint": "x"})
+    record.check_profile(table, record.SLOT_CAPTION_LM, desc)
+    other = dict(desc, fingerprint="0" * 64, model="some-other-model")
+    with pytest.raises(record.FormatError, match="fingerprint"):
+        record.check_profile(table, record.SLOT_CAPTION_LM, other)

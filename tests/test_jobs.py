@@ -1,0 +1,155 @@
+"""The main path end to end, through the `semarc` command line on a local Ray cluster."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("job")
+    r = run_cli("sample", base / "sample")
+    assert r.returncode == 0, r.stderr
+    manifest = Path(r.stdout.strip())
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    jpg = (base / "sample" / "images" / "rocket.jpg").read_bytes()
+    (base / "sample" / "images" / "truncated.jpg").write_bytes(jpg[: len(jpg) // 4])
+    (base / "sample" / "images" / "notes.png").write_text("not an image, despite the name\n")
+    rows.insert(2, {"uri": "images/truncated.jpg", "key": "bad/truncated", "caption": "a broken file"})
+    rows.append({"uri": "images/notes.png", "key": "bad/notes", "caption": "text pretending to be a PNG"})
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    out = base / "out"
+    r = run_cli("encode", manifest, out, "--shard-size", "3", "--num-cpus", "2", "--no-progress")
+    return {"base": base, "manifest": manifest, "rows": rows, "out": out, "result": r}
+
+
+def _table(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+
+
+def test_encode_reports_error_rows_by_exit_status(job):
+    r = job["result"]
+    assert r.returncode == 3, r.stdout + r.stderr[-3000:]
+    out = job["out"]
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet",
+                                                                "part-00002.parquet"]
+    assert (out / "_SUCCESS").exists() and (out / "_manifest.json").exists()
+    assert len(list(out.glob("part-*.stats.json"))) == 3
+    t = _table(out)
+    assert t.num_rows == len(job["rows"]) and len(set(t["key"].to_pylist())) == t.num_rows
+    errs = {r["key"]: r["error"] for r in t.to_pylist() if r["status"] == "error"}
+    assert set(errs) == {"bad/truncated", "bad/notes"}
+    assert all(e.startswith("image:") and len(e) > 10 for e in errs.values())
+    ok = [r for r in t.to_pylist() if r["status"] == "ok"]
+    assert len(ok) == 5 and all(r["error"] is None and r["bytes_image"] > 0 for r in ok)
+
+
+def test_inspect_bpp_is_computed_from_the_stored_bytes(job):
+    r = run_cli("inspect", job["out"], "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    for k in ("records", "ok", "errors", "bytes_caption", "bytes_image", "bytes_total", "pixels", "bpp", "profiles"):
+        assert k in rep
+    t = _table(job["out"]).filter(pc.equal(pc.field("status"), "ok"))
+    stored = sum(len(b or b"") for b in t["caption"].to_pylist()) + sum(len(b) for b in t["image"].to_pylist())
+    pixels = sum(w * h for w, h in zip(t["width"].to_pylist(), t["height"].to_pylist()))
+    assert (rep["records"], rep["ok"], rep["errors"]) == (7, 5, 2)
+    assert rep["bytes_total"] == stored and rep["pixels"] == pixels
+    assert rep["bpp"] == pytest.approx(8 * stored / pixels, rel=1e-12)
+    assert {d["kind"] for d in rep["profiles"].values()} == {"caption", "image"}
+    r = run_cli("inspect", job["out"], "--errors")
+    assert {json.loads(x)["key"] for x in r.stdout.splitlines()} == {"bad/truncated", "bad/notes"}
+
+
+def test_decode_restores_every_caption_exactly_and_every_size(job):
+    dec = job["base"] / "dec"
+    r = run_cli("decode", job["out"], dec, "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    got = [json.loads(x) for x in (dec / "captions.jsonl").read_text().splitlines()]
+    want = [x for x in job["rows"] if not x["key"].startswith("bad/")]
+    assert [(g["key"], g["caption"]) for g in got] == [(w["key"], w["caption"]) for w in want]
+    for w in want:
+        src = ImageOps.exif_transpose(Image.open(job["manifest"].parent / w["uri"]))
+        out = Image.open(dec / "images" / f"{w['key']}.png")
+        assert out.size == src.size and out.mode == "RGB"
+        diff = np.abs(np.asarray(out, float) - np.asarray(src.convert("RGB"), float)).mean()
+        assert diff < 40  # a reconstruction of this image, not of another
+
+
+def test_rerun_redoes_no_finished_shard_and_duplicates_no_row(job):
+    out = job["out"]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("part-*")}
+    r = run_cli("encode", job["manifest"], out, "--shard-size", "3", "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "3 already done" in r.stdout
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("part-*")}
+    assert before == after
+    assert _table(out).num_rows == 7
+
+
+def test_resume_redoes_only_the_missing_shard(job):
+    out = job["out"]
+    (out / "part-00001.parquet").unlink()
+    keep = {p.name: p.stat().st_mtime_ns for p in out.glob("part-0000[02].parquet")}
+    r = run_cli("encode", job["manifest"], out, "--shard-size", "3", "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "2 already done" in r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-0000[02].parquet")} == keep
+    t = _table(out)
+    assert t.num_rows == 7 and len(set(t["key"].to_pylist())) == 7
+
+
+def test_rerun_with_other_options_is_refused(job):
+    r = run_cli("encode", job["manifest"], job["out"], "--shard-size", "4", "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 1 and "another configuration" in r.stderr
+
+
+def test_corrupt_bitstream_fails_loudly_at_decode(job):
+    src = job["out"] / "part-00000.parquet"
+    t = pq.read_table(src)
+    rows = t.to_pylist()
+    victim = next(r for r in rows if r["status"] == "ok")
+    img = bytearray(victim["image"])
+    img[len(img) // 2] ^= 0x5A
+    victim["image"] = bytes(img)
+    bad = job["base"] / "bad_shards"
+    bad.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=t.schema), bad / "part-00000.parquet")
+    dec = job["base"] / "dec_bad"
+    r = run_cli("decode", bad, dec, "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 3, r.stdout + r.stderr[-2000:]
+    errs = [json.loads(x) for x in (dec / "errors.jsonl").read_text().splitlines()]
+    assert [e["key"] for e in errs] == [victim["key"]] and "image" in errs[0]["error"]
+    assert "ERROR" in r.stdout
+    assert not (dec / "images" / f"{victim['key']}.png").exists()
+
+
+def test_all_good_inputs_exit_zero_folder_without_captions(job, tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        (src / name).write_bytes((job["manifest"].parent / "images" / name).read_bytes())
+    r = run_cli("encode", src, tmp_path / "out", "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    t = _table(tmp_path / "out")
+    assert t["key"].to_pylist() == ["chelsea.png", "coffee.png"]
+    assert t["caption_source"].to_pylist() == ["none", "none"] and t["caption"].null_count == 2
+
+
+def test_job_level_manifest_error_does_no_work(tmp_path):
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"uri": "a.png", "key": "k"}\n{"uri": "b.png", "key": "k"}\n')
+    r = run_cli("encode", m, tmp_path / "out", "--no-progress")
+    assert r.returncode == 1 and "duplicate key" in r.stderr
+    assert not (tmp_path / "out").exists()
