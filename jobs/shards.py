@@ -89,6 +89,7 @@ def read_shard(fs, path: str, columns: list[str] | None = None) -> tuple[pa.Tabl
 
 
 def list_shards(fs, root: str) -> list[str]:
+    fs.invalidate_cache(root)  # object-store listings are cached by fsspec
     try:
         files = fs.ls(root, detail=False)
     except FileNotFoundError:
