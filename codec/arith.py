@@ -18,24 +18,31 @@ from __future__ import annotations
 PRECISION = 40  # bits of interval width kept at least; frequency totals must be < 2**(PRECISION - 8)
 
 
-class Encoder:
+class _Interval:
+    """The coding interval ``[low, low + rng)`` in units of ``2**-scale``."""
+
     def __init__(self) -> None:
         self.low = 0
         self.rng = 1 << PRECISION
         self.scale = PRECISION
 
-    def encode(self, cum_lo: int, cum_hi: int, total: int) -> None:
-        if not (0 <= cum_lo < cum_hi <= total):
-            raise ValueError(f"bad symbol interval [{cum_lo}, {cum_hi}) of {total}")
-        r = self.rng
-        a = (r * cum_lo) // total
-        b = (r * cum_hi) // total
+    def _split(self, cum_lo: int, cum_hi: int, total: int) -> tuple[int, int]:
+        return (self.rng * cum_lo) // total, (self.rng * cum_hi) // total
+
+    def _narrow(self, a: int, b: int) -> None:
         self.low += a
         self.rng = b - a
         while self.rng < (1 << PRECISION):
             self.low <<= 1
             self.rng <<= 1
             self.scale += 1
+
+
+class Encoder(_Interval):
+    def encode(self, cum_lo: int, cum_hi: int, total: int) -> None:
+        if not (0 <= cum_lo < cum_hi <= total):
+            raise ValueError(f"bad symbol interval [{cum_lo}, {cum_hi}) of {total}")
+        self._narrow(*self._split(cum_lo, cum_hi, total))
 
     def finish(self) -> bytes:
         return _shortest(self.low, self.low + self.rng, self.scale)
@@ -54,14 +61,12 @@ def _shortest(lo: int, hi: int, scale: int) -> bytes:
     raise AssertionError("unreachable: the interval is never empty")
 
 
-class Decoder:
+class Decoder(_Interval):
     def __init__(self, data: bytes) -> None:
+        super().__init__()
         self.data = bytes(data)
         self._value = int.from_bytes(self.data, "big") if self.data else 0
         self._nbits = 8 * len(self.data)
-        self.low = 0
-        self.rng = 1 << PRECISION
-        self.scale = PRECISION
 
     def _code(self) -> int:
         s, n = self.scale, self._nbits
@@ -76,28 +81,16 @@ class Decoder:
         return (self.rng * cum) // total
 
     def consume(self, cum_lo: int, cum_hi: int, total: int) -> None:
-        r = self.rng
-        a = (r * cum_lo) // total
-        b = (r * cum_hi) // total
-        off = self._code() - self.low
-        if not (a <= off < b):
+        a, b = self._split(cum_lo, cum_hi, total)
+        if not (a <= self._code() - self.low < b):
             raise ValueError("arithmetic decoder lost sync: symbol outside its interval")
-        self.low += a
-        self.rng = b - a
-        while self.rng < (1 << PRECISION):
-            self.low <<= 1
-            self.rng <<= 1
-            self.scale += 1
+        self._narrow(a, b)
 
     def offset(self) -> int:
         return self._code() - self.low
 
     def is_canonical(self) -> bool:
         return _shortest(self.low, self.low + self.rng, self.scale) == self.data
-
-    def bits_exhausted(self) -> bool:
-        """True once every input bit has been shifted into the decoder's precision window."""
-        return self.scale > self._nbits + 64
 
 
 def decode_symbol(dec: Decoder, cum) -> int:

@@ -25,7 +25,6 @@ import inspect
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 

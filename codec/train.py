@@ -15,7 +15,6 @@ import glob
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 

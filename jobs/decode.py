@@ -88,30 +88,22 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     keys = set(opts.keys) if opts.keys else None
 
     with ray_session(opts.address, opts.num_cpus) as ray:
-        from ..workers.caption_worker import CaptionWorker
-        from ..workers.image_worker import ImageWorker
-        from ..workers.pool import ActorPool
+        from ..workers.pool import codec_pools
 
         res = ray.cluster_resources()
         specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
         todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
         progress = Progress(todo if keys is None else 0, enabled=opts.progress)
         if pending:
-            cap_desc = profiles["0"]
-            img_desc = profiles["2"]
-            cs, ims = specs["caption"], specs["image"]
-            cap_pool = ActorPool(CaptionWorker, cs.size, cs.num_cpus, cs.num_gpus,
-                                 args=(opts.caption_model or cap_desc["model"], cap_desc["profile"],
-                                       opts.threads_per_actor, cs.batch_size), name="caption")
-            img_pool = ActorPool(ImageWorker, ims.size, ims.num_cpus, ims.num_gpus,
-                                 args=(opts.codec or img_desc["codec"], opts.threads_per_actor,
-                                       opts.storage_options), name="image")
+            cap_desc, img_desc = profiles["0"], profiles["2"]
+            cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
+                                             opts.codec or img_desc["codec"], opts.threads_per_actor,
+                                             opts.storage_options)
         for path in pending:
             table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
             shard_profiles = json.loads(meta["semarc.profiles"])
             rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
             ok = [r for r in rows if r["status"] == "ok"]
-            report.skipped_error_rows += len(rows) - len(ok)
             cb, ib = specs["caption"].batch_size, specs["image"].batch_size
             img_calls = [(b, img_pool.submit("decode_to", [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"])
                                                            for r in ok[b:b + ib]], shard_profiles, dst, opts.fmt))
@@ -154,6 +146,8 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     report.decoded = sum(1 for line in captions.splitlines() if line.strip())
     report.errors = sum(1 for line in errors.splitlines() if line.strip())
     report.records = report.decoded + report.errors
+    if keys is None:
+        report.skipped_error_rows = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["errors"] for p in paths)
     publish(dfs, f"{droot}/captions.jsonl", captions.encode())
     if errors:
         publish(dfs, f"{droot}/errors.jsonl", errors.encode())

@@ -117,21 +117,15 @@ def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobRepo
     report.shards_skipped = len(plan.shards) - len(pending)
 
     with ray_session(opts.address, opts.num_cpus) as ray:
-        from ..workers.caption_worker import CaptionWorker
-        from ..workers.image_worker import ImageWorker
-        from ..workers.pool import ActorPool
+        from ..workers.pool import codec_pools
 
         res = ray.cluster_resources()
         specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
                            opts.caption_pool, opts.image_pool)
         cap_pool = img_pool = None
         if pending:
-            cs, ims = specs["caption"], specs["image"]
-            cap_pool = ActorPool(CaptionWorker, cs.size, cs.num_cpus, cs.num_gpus,
-                                 args=(opts.caption_model, opts.caption_profile, opts.threads_per_actor,
-                                       cs.batch_size), name="caption")
-            img_pool = ActorPool(ImageWorker, ims.size, ims.num_cpus, ims.num_gpus,
-                                 args=(opts.codec, opts.threads_per_actor, opts.storage_options), name="image")
+            cap_pool, img_pool = codec_pools(specs, opts.caption_model, opts.caption_profile, opts.codec,
+                                             opts.threads_per_actor, opts.storage_options)
             caps = cap_pool.first("describe")
             profiles = record.profile_table(caps["lm"], caps["fallback"], img_pool.first("describe"))
             if plan.profiles is None:
@@ -179,6 +173,8 @@ def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobRepo
                                               "config": plan.config}, sort_keys=True),
                     "semarc.stats": json.dumps(stats, sort_keys=True)}
             write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats})
+            if not _shard_done(fs, root, plan, i):  # read back what was published
+                raise JobError(f"shard {shard_name(i)} did not read back after publishing")
         progress.close()
 
     # totals over every shard (finished earlier or now), from the shards' own footers

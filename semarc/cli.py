@@ -117,6 +117,15 @@ def cmd_train_codec(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    if args.what == "captions":
+        from semarc.bench import captions
+
+        captions.run(args.out, shared=args.shared, n_coco=args.n_coco, threads=args.threads)
+        return EXIT_OK
+    raise SystemExit(f"unknown benchmark {args.what!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from semarc import __version__
     from semarc.codec import image_models
@@ -165,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="write the bundled sample photos and manifest to DIR")
     s.add_argument("dir")
     s.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
+    b.add_argument("what", choices=["captions"])
+    b.add_argument("--out", required=True)
+    b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
+    b.add_argument("--n-coco", type=int, default=500)
+    b.add_argument("--threads", type=int, default=2)
+    b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")
     from semarc.codec import train

@@ -1,7 +1,6 @@
 """The main path end to end, through the `semarc` command line on a local Ray cluster."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +78,7 @@ def test_decode_restores_every_caption_exactly_and_every_size(job):
     got = [json.loads(x) for x in (dec / "captions.jsonl").read_text().splitlines()]
     want = [x for x in job["rows"] if not x["key"].startswith("bad/")]
     assert [(g["key"], g["caption"]) for g in got] == [(w["key"], w["caption"]) for w in want]
+    assert "2 error rows skipped" in r.stdout
     for w in want:
         src = ImageOps.exif_transpose(Image.open(job["manifest"].parent / w["uri"]))
         out = Image.open(dec / "images" / f"{w['key']}.png")

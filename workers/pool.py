@@ -40,3 +40,18 @@ class ActorPool:
         import ray
 
         return ray.get(getattr(self.actors[0], method).remote(*args))
+
+
+def codec_pools(specs: dict, caption_model: str, caption_profile: str, codec: str, threads: int,
+                storage_options: dict) -> tuple[ActorPool, ActorPool]:
+    """The caption-coding and image-coding pools of a job, sized by ``specs``
+    (``cluster.ray_cluster.size_pools``)."""
+    from .caption_worker import CaptionWorker
+    from .image_worker import ImageWorker
+
+    cs, ims = specs["caption"], specs["image"]
+    cap = ActorPool(CaptionWorker, cs.size, cs.num_cpus, cs.num_gpus,
+                    args=(caption_model, caption_profile, threads, cs.batch_size), name="caption")
+    img = ActorPool(ImageWorker, ims.size, ims.num_cpus, ims.num_gpus,
+                    args=(codec, threads, storage_options), name="image")
+    return cap, img
