@@ -87,7 +87,8 @@ def run(out_dir: str, shared: str = "../shared/data", n_coco: int = 500, threads
     zc, zdc = zstandard.ZstdCompressor(level=19), zstandard.ZstdCompressor(level=19, dict_data=zdict)
     coder = CaptionCoder(batch_size=16)
     lm32 = TransformersLM(dtype=torch.float32)
-    result = {"command": "semarc bench captions --out " + out_dir, "machine": platform.processor() or platform.machine(),
+    result = {"command": "semarc " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("semarc") else
+              f"semarc bench captions --out {out_dir} --n-coco {n_coco} --threads {threads}", "machine": platform.processor() or platform.machine(),
               "torch_threads": threads, "profile": coder.describe(), "sets": {}}
     for name, caps in sets.items():
         print(f"[{name}] {len(caps)} captions", file=sys.stderr, flush=True)

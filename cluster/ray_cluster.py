@@ -23,12 +23,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if ray.is_initialized():  # a caller (a notebook, a test) already holds a session: use it
         yield ray
         return
-    kw = dict(ignore_reinit_error=False, log_to_driver=True, include_dashboard=False,
-              logging_level=logging.WARNING)
+    kw = dict(log_to_driver=True, logging_level=logging.WARNING)
     if address:
+        log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, **kw)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kw)
     try:
         yield ray
     finally:

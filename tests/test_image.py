@@ -159,3 +159,12 @@ def test_truncated_jpeg_and_bomb_are_errors():
         read_image(jpg[: len(jpg) // 3])
     with pytest.raises(ImageReadError, match="bomb|exceeds"):
         read_image(_png(np.zeros((100, 100, 3), np.uint8)), max_pixels=5000)
+
+
+def test_codecs_command_lists_shipped_rate_points():
+    from conftest import run_cli
+
+    r = run_cli("codecs")
+    assert r.returncode == 0
+    names = [line.split("\t")[0] for line in r.stdout.splitlines()]
+    assert image_models.DEFAULT_CODEC in names and any(n.startswith("zoo:") for n in names)

@@ -1,6 +1,7 @@
 """The main path end to end, through the `semarc` command line on a local Ray cluster."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,31 @@ def test_job_level_manifest_error_does_no_work(tmp_path):
     r = run_cli("encode", m, tmp_path / "out", "--no-progress")
     assert r.returncode == 1 and "duplicate key" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_joins_an_existing_cluster_by_address(job, tmp_path):
+    """`--address` joins a Ray cluster started outside semarc and leaves it running."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180, env=env)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        r = run_cli("encode", job["manifest"], tmp_path / "out", "--address", f"127.0.0.1:{port}",
+                    "--no-progress")
+        assert r.returncode == 3, r.stdout + r.stderr[-3000:]
+        assert len(_table(tmp_path / "out")) == 7
+        status = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True,
+                                text=True, timeout=60, env=env)
+        assert status.returncode == 0  # semarc left the cluster running
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120, env=env)
