@@ -120,6 +120,59 @@ def make_float64_clean(model: torch.nn.Module, max_positions: int = 4096) -> lis
     return patched
 
 
+def _gguf_cache_dir(source: ModelSource) -> str:
+    import transformers
+
+    f = os.path.join(source.path, source.gguf_file)
+    st = os.stat(f)
+    key = hashlib.sha256(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+                         .encode()).hexdigest()[:20]
+    root = os.environ.get("SEMARC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "semarc")
+    return os.path.join(root, "lm", key)
+
+
+def _load_gguf_cached(source: ModelSource):
+    """Load a GGUF model, de-quantised once and cached as safetensors (GGUF
+    de-quantisation takes ~15 s per process; the cached float32 weights are
+    bit-identical, so the model's fingerprint does not change)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cache = _gguf_cache_dir(source)
+    if os.path.exists(os.path.join(cache, "COMPLETE")):
+        tok = AutoTokenizer.from_pretrained(cache)
+        net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=torch.float32,
+                                               attn_implementation="sdpa")
+        missing, unexpected = net.load_state_dict(load_file(os.path.join(cache, "model.safetensors")), strict=False)
+        if unexpected or any(k != "lm_head.weight" for k in missing):
+            raise RuntimeError(f"damaged model cache {cache}: delete it")
+        net.tie_weights()
+        return tok, net.eval()
+    kw = {"gguf_file": source.gguf_file}
+    with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
+        tok = AutoTokenizer.from_pretrained(source.path, **kw)
+        net = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, attn_implementation="sdpa", **kw)
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(cache))
+        tok.save_pretrained(tmp)
+        net.config.save_pretrained(tmp)
+        tied = getattr(net.config, "tie_word_embeddings", False)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items() if not (tied and k == "lm_head.weight")},
+                  os.path.join(tmp, "model.safetensors"))
+        open(os.path.join(tmp, "COMPLETE"), "w").close()
+        try:
+            os.rename(tmp, cache)
+        except OSError:  # another process filled the cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # a read-only home: no cache, just slower starts
+    return tok, net
+
+
 class TransformersLM:
     backend = "transformers"
 
@@ -130,11 +183,12 @@ class TransformersLM:
 
         hf_logging.disable_progress_bar()
         self.source = resolve_model_source(model, gguf_file)
-        kw = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
-        with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
-            self.tokenizer = AutoTokenizer.from_pretrained(self.source.path, **kw)
-            net = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=torch.float32,
-                                                           attn_implementation="sdpa", **kw)
+        self.tokenizer, net = _load_gguf_cached(self.source) if self.source.gguf_file else (None, None)
+        if net is None:
+            with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
+                self.tokenizer = AutoTokenizer.from_pretrained(self.source.path)
+                net = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=torch.float32,
+                                                           attn_implementation="sdpa")
         params = inspect.signature(net.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._weights_sha = _hash_state_dict(net)
