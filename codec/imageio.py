@@ -3,7 +3,8 @@
 The conversion rule (docs/format.md, "Input images"):
 
 * the file is opened with Pillow; files whose declared size exceeds
-  ``MAX_PIXELS`` are refused before any pixel is decoded (decompression bombs);
+  ``MAX_PIXELS`` (40 MP) are refused before any pixel is decoded (memory bound,
+  decompression bombs);
 * EXIF orientation is applied (``ImageOps.exif_transpose``); width and height
   are those of the oriented image;
 * animated images (GIF, WebP, APNG, multi-page TIFF): the first frame;
@@ -22,7 +23,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2x its warning level), made an error
+# Largest image semarc codes (40 MP): bounds a worker's memory (the codec's first
+# layer holds 64 float32 channels at half resolution) and stops decompression bombs
+# before any pixel is decoded. Larger images become error rows.
+MAX_PIXELS = 40_000_000
 
 
 class ImageReadError(ValueError):
@@ -60,7 +64,7 @@ def read_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(f"declared size {w}x{h} exceeds the {max_pixels}-pixel limit "
-                                     f"(decompression bomb guard)")
+                                     f"(memory bound and decompression-bomb guard)")
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()

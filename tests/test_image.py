@@ -168,3 +168,18 @@ def test_codecs_command_lists_shipped_rate_points():
     assert r.returncode == 0
     names = [line.split("\t")[0] for line in r.stdout.splitlines()]
     assert image_models.DEFAULT_CODEC in names and any(n.startswith("zoo:") for n in names)
+
+
+def test_huge_declared_size_refused_before_decoding():
+    """A PNG header declaring 100000 x 100000 pixels (a decompression bomb) is
+    refused from its header alone."""
+    import struct
+    import zlib as _z
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", _z.crc32(t + d) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)) \
+        + chunk(b"IDAT", _z.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageReadError, match="exceeds"):
+        read_image(png)
