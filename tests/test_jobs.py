@@ -182,3 +182,14 @@ def test_joins_an_existing_cluster_by_address(job, tmp_path):
         assert status.returncode == 0  # semarc left the cluster running
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+def test_decode_a_list_of_keys_as_webp(job):
+    dec = job["base"] / "dec_keys"
+    r = run_cli("decode", job["out"], dec, "--keys", "chelsea,coffee", "--format", "webp", "--num-cpus", "2",
+                "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    got = [json.loads(x)["key"] for x in (dec / "captions.jsonl").read_text().splitlines()]
+    assert got == ["chelsea", "coffee"]
+    assert sorted(p.name for p in (dec / "images").iterdir()) == ["chelsea.webp", "coffee.webp"]
+    assert Image.open(dec / "images" / "coffee.webp").format == "WEBP"
