@@ -44,7 +44,7 @@ class PoolSpec:
     batch_size: int = 8
 
 
-def size_pools(cpus: float, gpus: float, caption_batch: int = 16, image_batch: int = 4,
+def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: int = 4,
                caption_pool: int | None = None, image_pool: int | None = None) -> dict[str, PoolSpec]:
     """Split the cluster's CPUs (and GPUs) between the caption-coding and the
     image-coding pools. Without GPUs each actor takes one CPU (its torch uses

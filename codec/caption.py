@@ -114,7 +114,7 @@ class CaptionCoder:
     """Text <-> bytes with a language model's next-token probabilities."""
 
     def __init__(self, model: str = lm_mod.DEFAULT_MODEL, profile: str = "portable", lm=None,
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 64) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown caption profile {profile!r}; known: {sorted(PROFILES)}")
         self.profile_name = profile

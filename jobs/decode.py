@@ -33,7 +33,7 @@ class DecodeOptions:
     num_cpus: int | None = None
     caption_model: str | None = None  # default: the model named in the shards' profile table
     codec: str | None = None          # default: the codec named in the shards' profile table
-    caption_batch: int = 16
+    caption_batch: int = 64
     image_batch: int = 4
     threads_per_actor: int = 1
     storage_options: dict = field(default_factory=dict)

@@ -40,7 +40,7 @@ class EncodeOptions:
     shard_size: int = 256
     address: str | None = None
     num_cpus: int | None = None
-    caption_batch: int = 16
+    caption_batch: int = 64
     image_batch: int = 4
     caption_pool: int | None = None
     image_pool: int | None = None

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a local path")
     e.add_argument("--caption-profile", default="portable")
     e.add_argument("--shard-size", type=int, default=256, help="records per shard")
-    e.add_argument("--caption-batch", type=int, default=16)
+    e.add_argument("--caption-batch", type=int, default=64)
     e.add_argument("--image-batch", type=int, default=4)
     _add_cluster(e)
     e.set_defaults(func=cmd_encode)

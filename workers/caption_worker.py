@@ -12,7 +12,7 @@ def _threads(n: int) -> None:
 
 
 class CaptionWorker:
-    def __init__(self, model: str, profile: str, threads: int = 1, batch_size: int = 16) -> None:
+    def __init__(self, model: str, profile: str, threads: int = 1, batch_size: int = 64) -> None:
         _threads(threads)
         from semarc.codec.caption import CaptionCoder
 
