@@ -87,52 +87,53 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     report.shards_skipped = len(paths) - len(pending)
     keys = set(opts.keys) if opts.keys else None
 
-    with ray_session(opts.address, opts.num_cpus) as ray:
-        from ..workers.pool import codec_pools
+    if pending:
+        with ray_session(opts.address, opts.num_cpus) as ray:
+            from ..workers.pool import codec_pools
 
-        res = ray.cluster_resources()
-        specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
-        todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
-        progress = Progress(todo if keys is None else 0, enabled=opts.progress)
-        if pending:
+            res = ray.cluster_resources()
+            specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
+            todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
+            progress = Progress(todo if keys is None else 0, enabled=opts.progress)
             cap_desc, img_desc = profiles["0"], profiles["2"]
             cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
                                              opts.codec or img_desc["codec"], opts.threads_per_actor,
                                              opts.storage_options)
-        for path in pending:
-            table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
-            shard_profiles = json.loads(meta["semarc.profiles"])
-            rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
-            ok = [r for r in rows if r["status"] == "ok"]
-            cb, ib = specs["caption"].batch_size, specs["image"].batch_size
-            img_calls = [(b, img_pool.submit("decode_to", [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"])
-                                                           for r in ok[b:b + ib]], shard_profiles, dst, opts.fmt))
-                         for b in range(0, len(ok), ib)]
-            cap_calls = [(b, cap_pool.submit("decode", [r["caption"] for r in ok[b:b + cb]], shard_profiles))
-                         for b in range(0, len(ok), cb)]
-            imgs: list = [None] * len(ok)
-            caps: list = [None] * len(ok)
-            for calls, pool, out in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
-                for b, (ref, a) in calls:
-                    got = ray.get(ref)
-                    pool.done(a)
-                    out[b:b + len(got)] = got
-                    if out is imgs:
-                        progress.update(len(got), errors=sum(1 for g in got if "error" in g))
-            lines, errs = [], []
-            for r, im, cap in zip(ok, imgs, caps):
-                e = [x["error"] for x in (im, cap) if "error" in x]
-                if e:
-                    errs.append({"key": r["key"], "error": "; ".join(e)})
-                else:
-                    lines.append({"key": r["key"], "caption": cap["caption"]})
-            name = path.rsplit("/", 1)[-1].replace(".parquet", "")
-            body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
-            ebody = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs)
-            if errs:
-                publish(dfs, f"{droot}/_parts/{name}.errors.jsonl", ebody.encode())
-            publish(dfs, f"{droot}/_parts/{name}.jsonl", body.encode())
-        progress.close()
+            for path in pending:
+                table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
+                shard_profiles = json.loads(meta["semarc.profiles"])
+                rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
+                ok = [r for r in rows if r["status"] == "ok"]
+                cb, ib = specs["caption"].batch_size, specs["image"].batch_size
+                img_calls = [(b, img_pool.submit("decode_to",
+                                                 [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"])
+                                                  for r in ok[b:b + ib]], shard_profiles, dst, opts.fmt))
+                             for b in range(0, len(ok), ib)]
+                cap_calls = [(b, cap_pool.submit("decode", [r["caption"] for r in ok[b:b + cb]], shard_profiles))
+                             for b in range(0, len(ok), cb)]
+                imgs: list = [None] * len(ok)
+                caps: list = [None] * len(ok)
+                for calls, pool, out in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
+                    for b, (ref, a) in calls:
+                        got = ray.get(ref)
+                        pool.done(a)
+                        out[b:b + len(got)] = got
+                        if out is imgs:
+                            progress.update(len(got), errors=sum(1 for g in got if "error" in g))
+                lines, errs = [], []
+                for r, im, cap in zip(ok, imgs, caps):
+                    e = [x["error"] for x in (im, cap) if "error" in x]
+                    if e:
+                        errs.append({"key": r["key"], "error": "; ".join(e)})
+                    else:
+                        lines.append({"key": r["key"], "caption": cap["caption"]})
+                name = path.rsplit("/", 1)[-1].replace(".parquet", "")
+                body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+                ebody = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs)
+                if errs:
+                    publish(dfs, f"{droot}/_parts/{name}.errors.jsonl", ebody.encode())
+                publish(dfs, f"{droot}/_parts/{name}.jsonl", body.encode())
+            progress.close()
 
     # commit: concatenate the parts in shard order
     cap_lines, err_lines = [], []

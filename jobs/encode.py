@@ -100,6 +100,69 @@ def _row(rec, cap, img) -> dict:
     return row
 
 
+def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], opts: EncodeOptions,
+                   dst: str) -> None:
+    """Encode and publish the pending shards, a window of shards in flight."""
+    from ..workers.pool import codec_pools
+
+    res = ray.cluster_resources()
+    specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
+                       opts.caption_pool, opts.image_pool)
+    cap_pool, img_pool = codec_pools(specs, opts.caption_model, opts.caption_profile, opts.codec,
+                                     opts.threads_per_actor, opts.storage_options)
+    caps = cap_pool.first("describe")
+    profiles = record.profile_table(caps["lm"], caps["fallback"], img_pool.first("describe"))
+    if plan.profiles is None:
+        plan.profiles = profiles
+        plan_mod.save(fs, root, plan)
+    elif {k: v["fingerprint"] for k, v in plan.profiles.items()} != \
+            {k: v["fingerprint"] for k, v in profiles.items()}:
+        raise JobError(f"{dst} was written with other models or coding profiles; "
+                       f"use the same ones (see {dst}/_job.json) or a new DST")
+    pending_set = set(pending)
+    progress = Progress(plan.n_records, enabled=opts.progress,
+                        done=sum(len(s) for i, s in enumerate(plan.shards) if i not in pending_set))
+    window = 2 * max(len(cap_pool.actors), len(img_pool.actors))
+    queue = deque(pending)
+    inflight: deque = deque()
+
+    def submit(i: int):
+        recs = plan.shards[i]
+        cb, ib = specs["caption"].batch_size, specs["image"].batch_size
+        cap_calls = [(b, cap_pool.submit("encode", [r.caption for r in recs[b:b + cb]]))
+                     for b in range(0, len(recs), cb)]
+        img_calls = [(b, img_pool.submit("encode", [r.uri for r in recs[b:b + ib]]))
+                     for b in range(0, len(recs), ib)]
+        inflight.append((i, cap_calls, img_calls))
+
+    while queue or inflight:
+        while queue and len(inflight) < window:
+            submit(queue.popleft())
+        i, cap_calls, img_calls = inflight.popleft()
+        recs = plan.shards[i]
+        caps: list = [None] * len(recs)
+        imgs: list = [None] * len(recs)
+        for calls, pool, dest in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
+            for b, (ref, a) in calls:
+                got = ray.get(ref)
+                pool.done(a)
+                dest[b:b + len(got)] = got
+                if dest is imgs:
+                    progress.update(len(got), errors=sum(1 for g in got if "error" in g))
+        rows = [_row(r, c, m) for r, c, m in zip(recs, caps, imgs)]
+        stats = shard_stats(rows)
+        meta = {"semarc.format": FORMAT,
+                "semarc.profiles": json.dumps(plan.profiles, sort_keys=True),
+                "semarc.job": json.dumps({"job_id": plan.job_id, "shard": i, "shards": len(plan.shards),
+                                          "config": plan.config}, sort_keys=True),
+                "semarc.stats": json.dumps(stats, sort_keys=True)}
+        write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats})
+        if not _shard_done(fs, root, plan, i):  # read back what was published
+            raise JobError(f"shard {shard_name(i)} did not read back after publishing")
+    progress.close()
+
+
+
 def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobReport:
     opts = opts or EncodeOptions()
     t0 = time.time()
@@ -116,66 +179,9 @@ def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobRepo
     pending = [i for i in range(len(plan.shards)) if not _shard_done(fs, root, plan, i)]
     report.shards_skipped = len(plan.shards) - len(pending)
 
-    with ray_session(opts.address, opts.num_cpus) as ray:
-        from ..workers.pool import codec_pools
-
-        res = ray.cluster_resources()
-        specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
-                           opts.caption_pool, opts.image_pool)
-        cap_pool = img_pool = None
-        if pending:
-            cap_pool, img_pool = codec_pools(specs, opts.caption_model, opts.caption_profile, opts.codec,
-                                             opts.threads_per_actor, opts.storage_options)
-            caps = cap_pool.first("describe")
-            profiles = record.profile_table(caps["lm"], caps["fallback"], img_pool.first("describe"))
-            if plan.profiles is None:
-                plan.profiles = profiles
-                plan_mod.save(fs, root, plan)
-            elif {k: v["fingerprint"] for k, v in plan.profiles.items()} != \
-                    {k: v["fingerprint"] for k, v in profiles.items()}:
-                raise JobError(f"{dst} was written with other models or coding profiles; "
-                               f"use the same ones (see {dst}/_job.json) or a new DST")
-        pending_set = set(pending)
-        progress = Progress(plan.n_records, enabled=opts.progress,
-                            done=sum(len(s) for i, s in enumerate(plan.shards) if i not in pending_set))
-        window = 2 * max(len(cap_pool.actors) if cap_pool else 1, len(img_pool.actors) if img_pool else 1)
-        queue = deque(pending)
-        inflight: deque = deque()
-
-        def submit(i: int):
-            recs = plan.shards[i]
-            cb, ib = specs["caption"].batch_size, specs["image"].batch_size
-            cap_calls = [(b, cap_pool.submit("encode", [r.caption for r in recs[b:b + cb]]))
-                         for b in range(0, len(recs), cb)]
-            img_calls = [(b, img_pool.submit("encode", [r.uri for r in recs[b:b + ib]]))
-                         for b in range(0, len(recs), ib)]
-            inflight.append((i, cap_calls, img_calls))
-
-        while queue or inflight:
-            while queue and len(inflight) < window:
-                submit(queue.popleft())
-            i, cap_calls, img_calls = inflight.popleft()
-            recs = plan.shards[i]
-            caps: list = [None] * len(recs)
-            imgs: list = [None] * len(recs)
-            for calls, pool, dest in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
-                for b, (ref, a) in calls:
-                    got = ray.get(ref)
-                    pool.done(a)
-                    dest[b:b + len(got)] = got
-                    if dest is imgs:
-                        progress.update(len(got), errors=sum(1 for g in got if "error" in g))
-            rows = [_row(r, c, m) for r, c, m in zip(recs, caps, imgs)]
-            stats = shard_stats(rows)
-            meta = {"semarc.format": FORMAT,
-                    "semarc.profiles": json.dumps(plan.profiles, sort_keys=True),
-                    "semarc.job": json.dumps({"job_id": plan.job_id, "shard": i, "shards": len(plan.shards),
-                                              "config": plan.config}, sort_keys=True),
-                    "semarc.stats": json.dumps(stats, sort_keys=True)}
-            write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats})
-            if not _shard_done(fs, root, plan, i):  # read back what was published
-                raise JobError(f"shard {shard_name(i)} did not read back after publishing")
-        progress.close()
+    if pending:
+        with ray_session(opts.address, opts.num_cpus) as ray:
+            _encode_shards(ray, fs, root, plan, pending, opts, dst)
 
     # totals over every shard (finished earlier or now), from the shards' own footers
     totals = {"records": 0, "ok": 0, "errors": 0, "caption_fallbacks": 0, "bytes_caption": 0,

@@ -55,7 +55,9 @@ def read_manifest(url: str, storage_options: dict | None = None) -> list[InputRe
         if path.endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            table = pq.read_table(io.BytesIO(data))
+            import pyarrow as pa
+
+            table = pq.read_table(pa.BufferReader(data))
             cols = table.column_names
             rows = table.to_pylist()
         else:

@@ -8,7 +8,6 @@ change between attempts; a rerun with another configuration is refused.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
@@ -46,9 +45,9 @@ def save(fs, root: str, plan: Plan) -> None:
             for si, s in enumerate(plan.shards) for r in s]
     t = pa.Table.from_pylist(rows, schema=pa.schema([("shard", pa.int32()), ("key", pa.string()),
                                                      ("uri", pa.string()), ("caption", pa.string())]))
-    buf = io.BytesIO()
-    pq.write_table(t, buf, compression="zstd")
-    publish(fs, f"{root}/_plan.parquet", buf.getvalue())
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink, compression="zstd")
+    publish(fs, f"{root}/_plan.parquet", sink.getvalue().to_pybytes())
     write_job(fs, root, plan)
 
 
@@ -65,7 +64,7 @@ def load(fs, root: str) -> Plan | None:
     doc = json.loads(fs.cat_file(f"{root}/_job.json"))
     if not fs.exists(f"{root}/_plan.parquet"):
         raise JobError(f"{root}/_job.json exists but _plan.parquet is missing: the output folder is damaged")
-    t = pq.read_table(io.BytesIO(fs.cat_file(f"{root}/_plan.parquet")))
+    t = pq.read_table(pa.BufferReader(fs.cat_file(f"{root}/_plan.parquet")))
     shards: list[list[InputRecord]] = [[] for _ in range(doc["shards"])]
     for r in t.to_pylist():
         shards[r["shard"]].append(InputRecord(r["key"], r["uri"], r["caption"]))

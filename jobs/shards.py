@@ -7,8 +7,8 @@ in one PUT, which is all-or-nothing. Shard names are fixed by the job plan.
 
 from __future__ import annotations
 
-import io
 import json
+import struct
 import uuid
 
 import fsspec
@@ -43,16 +43,16 @@ def shard_name(i: int) -> str:
 def to_bytes(rows: list[dict], metadata: dict[str, str]) -> bytes:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     table = table.replace_schema_metadata({k: v for k, v in metadata.items()})
-    buf = io.BytesIO()
+    sink = pa.BufferOutputStream()
     pq.write_table(
-        table, buf,
+        table, sink,
         row_group_size=max(1, len(rows)),
         use_dictionary=[c for c in SCHEMA.names if c not in BLOB_COLUMNS],
         compression={c: ("NONE" if c in BLOB_COLUMNS else "ZSTD") for c in SCHEMA.names},
         write_page_checksum=True,
         write_statistics=["key", "status"],
     )
-    return buf.getvalue()
+    return sink.getvalue().to_pybytes()
 
 
 def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -74,16 +74,31 @@ def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str,
     publish(fs, f"{root}/{name}.stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
 
 
+# pyarrow is only ever handed bytes, never Python file objects: pyarrow reading
+# through a Python file object while torch is loaded aborts the process at exit
+# now and then ("terminate called without an active exception").
+
+def _footer(fs, path: str) -> bytes:
+    """The Parquet footer (file metadata) fetched with ranged reads, framed so
+    that ``pq.read_metadata`` can parse it."""
+    size = fs.size(path)
+    tail = fs.cat_file(path, start=max(0, size - 65536), end=size)
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        raise ValueError(f"{path} is not a Parquet file")
+    n = struct.unpack("<I", tail[-8:-4])[0]
+    if n + 8 > len(tail):
+        tail = fs.cat_file(path, start=size - n - 8, end=size)
+    return b"PAR1" + tail[-(n + 8):]
+
+
 def read_metadata(fs, path: str) -> tuple[dict[str, str], int]:
-    with fs.open(path, "rb") as f:
-        md = pq.ParquetFile(f).metadata
-        kv = {k.decode(): v.decode() for k, v in (md.metadata or {}).items()}
-        return kv, md.num_rows
+    md = pq.read_metadata(pa.BufferReader(_footer(fs, path)))
+    kv = {k.decode(): v.decode() for k, v in (md.metadata or {}).items()}
+    return kv, md.num_rows
 
 
 def read_shard(fs, path: str, columns: list[str] | None = None) -> tuple[pa.Table, dict[str, str]]:
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=columns)
+    table = pq.read_table(pa.BufferReader(fs.cat_file(path)), columns=columns)
     kv = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     return table, kv
 

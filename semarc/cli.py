@@ -191,7 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Ends the process with ``os._exit`` once everything
+    is flushed: with torch and pyarrow both loaded, pyarrow's thread pool
+    sometimes aborts the interpreter's teardown ("terminate called without an
+    active exception", exit 134), which would hide the job's exit status."""
+    rc = run(argv)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run a command; returns its exit status (for in-process callers)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -213,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

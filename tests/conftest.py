@@ -39,3 +39,21 @@ def run_cli(*args, timeout=900, env=None):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "semarc.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=e)
+
+
+# With torch and pyarrow both loaded, pyarrow's thread pool sometimes aborts the
+# interpreter's teardown ("terminate called without an active exception", exit
+# 134) after every test has passed. End the test process the way `semarc` does
+# (semarc/cli.py main): flush, then os._exit with pytest's own exit status.
+_EXIT = {"status": 0}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT["status"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT["status"])
