@@ -89,7 +89,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            from ..workers.pool import codec_pools
+            from ..workers.pool import codec_pools, gather, submit_batches
 
             res = ray.cluster_resources()
             specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
@@ -105,21 +105,13 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
                 rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
                 ok = [r for r in rows if r["status"] == "ok"]
                 cb, ib = specs["caption"].batch_size, specs["image"].batch_size
-                img_calls = [(b, img_pool.submit("decode_to",
-                                                 [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"])
-                                                  for r in ok[b:b + ib]], shard_profiles, dst, opts.fmt))
-                             for b in range(0, len(ok), ib)]
-                cap_calls = [(b, cap_pool.submit("decode", [r["caption"] for r in ok[b:b + cb]], shard_profiles))
-                             for b in range(0, len(ok), cb)]
-                imgs: list = [None] * len(ok)
-                caps: list = [None] * len(ok)
-                for calls, pool, out in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
-                    for b, (ref, a) in calls:
-                        got = ray.get(ref)
-                        pool.done(a)
-                        out[b:b + len(got)] = got
-                        if out is imgs:
-                            progress.update(len(got), errors=sum(1 for g in got if "error" in g))
+                img_calls = submit_batches(img_pool, "decode_to",
+                                           [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"]) for r in ok],
+                                           ib, shard_profiles, dst, opts.fmt)
+                cap_calls = submit_batches(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
+                imgs = gather(img_pool, img_calls, len(ok),
+                              lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g)))
+                caps = gather(cap_pool, cap_calls, len(ok))
                 lines, errs = [], []
                 for r, im, cap in zip(ok, imgs, caps):
                     e = [x["error"] for x in (im, cap) if "error" in x]

@@ -103,7 +103,7 @@ def _row(rec, cap, img) -> dict:
 def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], opts: EncodeOptions,
                    dst: str) -> None:
     """Encode and publish the pending shards, a window of shards in flight."""
-    from ..workers.pool import codec_pools
+    from ..workers.pool import codec_pools, gather, submit_batches
 
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
@@ -128,27 +128,20 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
 
     def submit(i: int):
         recs = plan.shards[i]
-        cb, ib = specs["caption"].batch_size, specs["image"].batch_size
-        cap_calls = [(b, cap_pool.submit("encode", [r.caption for r in recs[b:b + cb]]))
-                     for b in range(0, len(recs), cb)]
-        img_calls = [(b, img_pool.submit("encode", [r.uri for r in recs[b:b + ib]]))
-                     for b in range(0, len(recs), ib)]
+        cap_calls = submit_batches(cap_pool, "encode", [r.caption for r in recs], specs["caption"].batch_size)
+        img_calls = submit_batches(img_pool, "encode", [r.uri for r in recs], specs["image"].batch_size)
         inflight.append((i, cap_calls, img_calls))
+
+    def count(got: list) -> None:
+        progress.update(len(got), errors=sum(1 for g in got if "error" in g))
 
     while queue or inflight:
         while queue and len(inflight) < window:
             submit(queue.popleft())
         i, cap_calls, img_calls = inflight.popleft()
         recs = plan.shards[i]
-        caps: list = [None] * len(recs)
-        imgs: list = [None] * len(recs)
-        for calls, pool, dest in ((img_calls, img_pool, imgs), (cap_calls, cap_pool, caps)):
-            for b, (ref, a) in calls:
-                got = ray.get(ref)
-                pool.done(a)
-                dest[b:b + len(got)] = got
-                if dest is imgs:
-                    progress.update(len(got), errors=sum(1 for g in got if "error" in g))
+        imgs = gather(img_pool, img_calls, len(recs), count)
+        caps = gather(cap_pool, cap_calls, len(recs))
         rows = [_row(r, c, m) for r, c, m in zip(recs, caps, imgs)]
         stats = shard_stats(rows)
         meta = {"semarc.format": FORMAT,

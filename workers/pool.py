@@ -55,3 +55,22 @@ def codec_pools(specs: dict, caption_model: str, caption_profile: str, codec: st
     img = ActorPool(ImageWorker, ims.size, ims.num_cpus, ims.num_gpus,
                     args=(codec, threads, storage_options), name="image")
     return cap, img
+
+
+def submit_batches(pool: ActorPool, method: str, items: list, batch: int, *extra) -> list:
+    """Submit ``items`` in batches; returns [(offset, (ref, actor index))]."""
+    return [(b, pool.submit(method, items[b:b + batch], *extra)) for b in range(0, len(items), batch)]
+
+
+def gather(pool: ActorPool, calls: list, n: int, on_batch=None) -> list:
+    """The results of ``submit_batches`` calls, in input order (length ``n``)."""
+    import ray
+
+    out: list = [None] * n
+    for b, (ref, a) in calls:
+        got = ray.get(ref)
+        pool.done(a)
+        out[b:b + len(got)] = got
+        if on_batch is not None:
+            on_batch(got)
+    return out
