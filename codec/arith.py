@@ -15,6 +15,10 @@ catches most corruptions that still happen to decode to something.
 
 from __future__ import annotations
 
+import bisect
+
+import torch
+
 PRECISION = 40  # bits of interval width kept at least; frequency totals must be < 2**(PRECISION - 8)
 
 
@@ -100,13 +104,9 @@ def decode_symbol(dec: Decoder, cum) -> int:
     t = dec.target(total)
     off = dec.offset()
     # t is within one of the true symbol's cumulative range; search, then fix up
-    import torch
-
     if isinstance(cum, torch.Tensor):
         c = int(torch.searchsorted(cum, torch.tensor([t], dtype=cum.dtype), right=True)[0]) - 1
     else:
-        import bisect
-
         c = bisect.bisect_right(cum, t) - 1
     n = len(cum) - 1
     c = max(0, min(c, n - 1))

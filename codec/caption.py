@@ -123,7 +123,6 @@ class CaptionCoder:
         self.prefix = self.lm.encode_prefix(self.profile["prefix"])
         self.max_tokens = int(self.profile["max_tokens"])
         self.batch_size = batch_size
-        self.stats = {"lm": 0, "fallback": 0, "verify_failed": 0}
         if profile == "portable":
             self._self_test()
 
@@ -188,14 +187,11 @@ class CaptionCoder:
                     if got == ids:
                         out[i] = CodedCaption("lm", p)
                     else:
-                        self.stats["verify_failed"] += 1
                         out[i] = CodedCaption("fallback", fallback_encode(texts[i]),
                                               "LM stream did not decode back exactly at encode time")
             else:
                 for (i, _), p in zip(chunk, payloads):
                     out[i] = CodedCaption("lm", p)
-        for c in out:
-            self.stats[c.mode] += 1
         return out  # type: ignore[return-value]
 
     def _encode_tokens(self, ids: list[int], logits: torch.Tensor) -> bytes:
@@ -253,22 +249,30 @@ class CaptionCoder:
             logits = self.lm.step(state, feed)
         return [None if bad[i] else toks[i] for i in range(n)]
 
-    def decode_batch(self, items: list[tuple[str, bytes]]) -> list[str]:
-        """``(mode, payload)`` pairs -> texts; raises CaptionError naming the item."""
-        out: list[str | None] = [None] * len(items)
+    def decode_batch(self, items: list[tuple[str, bytes]], errors: str = "raise") -> list:
+        """``(mode, payload)`` pairs -> texts. A corrupt item raises CaptionError
+        naming it, or with ``errors="return"`` yields a CaptionError in its place
+        while the other items still decode."""
+        out: list = [None] * len(items)
         lm_items = []
         for i, (mode, payload) in enumerate(items):
             if mode == "fallback":
-                out[i] = fallback_decode(payload)
+                try:
+                    out[i] = fallback_decode(payload)
+                except CaptionError as e:
+                    out[i] = e
             elif mode == "lm":
                 lm_items.append(i)
             else:
-                raise CaptionError(f"unknown caption mode {mode!r}")
+                out[i] = CaptionError(f"unknown caption mode {mode!r}")
         for b in range(0, len(lm_items), self.batch_size):
             idx = lm_items[b:b + self.batch_size]
             res = self._decode_tokens([items[i][1] for i in idx])
             for i, r in zip(idx, res):
-                if r is None:
-                    raise CaptionError(f"caption {i}: corrupt or truncated LM-coded caption stream")
-                out[i] = self.lm.detokenize(r)
-        return out  # type: ignore[return-value]
+                out[i] = (CaptionError(f"caption {i}: corrupt or truncated LM-coded caption stream")
+                          if r is None else self.lm.detokenize(r))
+        if errors == "raise":
+            for x in out:
+                if isinstance(x, CaptionError):
+                    raise x
+        return out

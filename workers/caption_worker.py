@@ -17,14 +17,13 @@ class CaptionWorker:
         from semarc.codec.caption import CaptionCoder
 
         self.coder = CaptionCoder(model=model, profile=profile, batch_size=batch_size)
+        self._desc = {"lm": self.coder.describe(), "fallback": CaptionCoder.describe_fallback()}
 
     def pid(self) -> int:
         return os.getpid()
 
     def describe(self) -> dict:
-        from semarc.codec.caption import CaptionCoder
-
-        return {"lm": self.coder.describe(), "fallback": CaptionCoder.describe_fallback()}
+        return self._desc
 
     def encode(self, texts: list) -> list[dict | None]:
         """Per text: None (no caption), or {"section", "fallback", "reason"},
@@ -50,34 +49,34 @@ class CaptionWorker:
         """Per section: {"caption": str|None} or {"error": str}. A wrong model or
         profile, a corrupt stream or a failed check is an error, never a guess."""
         from semarc.codec import record
-        from semarc.codec.caption import CaptionCoder, CaptionError
 
         out: list = [None] * len(sections)
         todo = []
+        slots = {"lm": record.SLOT_CAPTION_LM, "fallback": record.SLOT_CAPTION_FALLBACK}
+        refused = {}  # mode -> why the shard's profile does not match the loaded coder (checked once)
+        for mode, slot in slots.items():
+            try:
+                record.check_profile(profiles, slot, self._desc[mode])
+            except record.FormatError as e:
+                refused[mode] = str(e)
         for i, s in enumerate(sections):
             if s is None:
                 out[i] = {"caption": None}
                 continue
             try:
                 mode, payload, check = record.unpack_caption(s)
-                slot = record.SLOT_CAPTION_LM if mode == "lm" else record.SLOT_CAPTION_FALLBACK
-                loaded = self.coder.describe() if mode == "lm" else CaptionCoder.describe_fallback()
-                record.check_profile(profiles, slot, loaded)
-                todo.append((i, mode, payload, check))
-            except (record.FormatError, CaptionError) as e:
+            except record.FormatError as e:
                 out[i] = {"error": f"caption: {e}"}
-        try:
-            texts = self.coder.decode_batch([(m, p) for _, m, p, _ in todo])
-            results = list(zip(todo, texts))
-        except CaptionError:
-            results = []
-            for it in todo:  # find the bad one(s): decode one by one
-                try:
-                    results.append((it, self.coder.decode_batch([(it[1], it[2])])[0]))
-                except CaptionError as e:
-                    out[it[0]] = {"error": f"caption: {e}"}
-        for (i, _, _, check), text in results:
-            if record.caption_check(text) != check:
+                continue
+            if mode in refused:
+                out[i] = {"error": f"caption: {refused[mode]}"}
+            else:
+                todo.append((i, mode, payload, check))
+        texts = self.coder.decode_batch([(m, p) for _, m, p, _ in todo], errors="return")
+        for (i, _, _, check), text in zip(todo, texts):
+            if isinstance(text, Exception):
+                out[i] = {"error": f"caption: {text}"}
+            elif record.caption_check(text) != check:
                 out[i] = {"error": "caption: decoded text fails its check (corrupt stream or different model)"}
             else:
                 out[i] = {"caption": text}

@@ -74,11 +74,14 @@ class ImageWorker:
         from semarc.codec.imageio import encode_as
 
         out: list = [None] * len(items)
+        try:  # once per call: every section of a shard names the same image coder
+            record.check_profile(profiles, record.SLOT_IMAGE, self.coder.describe())
+        except record.FormatError as e:
+            return [{"error": f"image: {e}"} for _ in items]
         todo = []
         for i, (rel, section) in enumerate(items):
             try:
                 payload, check = record.unpack_image(section)
-                record.check_profile(profiles, record.SLOT_IMAGE, self.coder.describe())
                 todo.append((i, payload, check))
             except (record.FormatError, ImageCodecError) as e:
                 out[i] = {"error": f"image: {e}"}
