@@ -4,13 +4,15 @@ Exact big-integer arithmetic (Python ints), so there is no carry or
 underflow handling to get wrong: the interval is ``[low, low + rng)`` in units
 of ``2**-scale``; it is renormalised so that ``rng >= 2**PRECISION``.
 
-Termination is optimal to the bit: the encoder emits the shortest bit string
-whose value, read with infinitely many zero bits after it, lies in the final
-interval. The decoder reads zeros past the end of its input. So a stream
-costs ``ceil(information + <= 2 bits)`` bytes, with no length field and no
-32-bit word flushing. The decoder can also confirm that a stream is the
-*canonical* encoding of what it decoded (``Decoder.is_canonical``), which
-catches most corruptions that still happen to decode to something.
+Termination spends no whole words: the encoder picks the shortest *dyadic*
+interval ``[m, m + 1) * 2**-k`` inside the final interval and writes the ``k``
+bits of ``m``, then fills the stream up to the next byte boundary (at least
+``check_bits`` more bits) with the top bits of a caller's 32-bit check value.
+Any value in a dyadic interval decodes the same, so the decoder reads the check
+bits as part of the code (and zeros past the end), and at the end confirms that
+the stream is exactly the one the encoder would have written for what it decoded:
+same length, same ``m``, same check bits (``Decoder.verify_end``). A stream costs
+``ceil((information + ~1.5 bits + check_bits) / 8)`` bytes, with no length field.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import bisect
 
 import torch
 
-PRECISION = 40  # bits of interval width kept at least; frequency totals must be < 2**(PRECISION - 8)
+PRECISION = 64  # bits of interval width kept at least; frequency totals must be < 2**(PRECISION - 8)
+MAX_TOTAL = 1 << (PRECISION - 8)
 
 
 class _Interval:
@@ -41,28 +44,35 @@ class _Interval:
             self.rng <<= 1
             self.scale += 1
 
+    def _end(self, check: int, check_bits: int) -> tuple[int, int]:
+        """(number of bytes, stream value) of the terminated stream."""
+        if not 0 <= check_bits <= 25:
+            raise ValueError("check_bits must be in [0, 25]")
+        k, m = _dyadic(self.low, self.low + self.rng, self.scale)
+        nbytes = (k + check_bits + 7) // 8
+        free = 8 * nbytes - k
+        return nbytes, (m << free) | ((check & 0xFFFFFFFF) >> (32 - free) if free else 0)
+
+
+def _dyadic(lo: int, hi: int, scale: int) -> tuple[int, int]:
+    """Smallest ``k`` (and its ``m``) with ``[m, m+1) * 2**(scale-k)`` inside ``[lo, hi)``."""
+    for k in range(0, scale + 1):
+        unit = 1 << (scale - k)
+        m = -(-lo // unit)  # ceil
+        if (m + 1) * unit <= hi:
+            return k, m
+    raise AssertionError("unreachable: the interval is never empty")
+
 
 class Encoder(_Interval):
     def encode(self, cum_lo: int, cum_hi: int, total: int) -> None:
-        if not (0 <= cum_lo < cum_hi <= total):
+        if not (0 <= cum_lo < cum_hi <= total <= MAX_TOTAL):
             raise ValueError(f"bad symbol interval [{cum_lo}, {cum_hi}) of {total}")
         self._narrow(*self._split(cum_lo, cum_hi, total))
 
-    def finish(self) -> bytes:
-        return _shortest(self.low, self.low + self.rng, self.scale)
-
-
-def _shortest(lo: int, hi: int, scale: int) -> bytes:
-    """Shortest byte string whose value (zero-padded) lies in [lo, hi) at ``scale`` bits."""
-    if lo == 0:
-        return b""
-    for k in range(1, scale + 1):
-        unit = 1 << (scale - k)
-        m = -(-lo // unit)  # ceil
-        if m * unit < hi:
-            nbytes = (k + 7) // 8
-            return (m << (8 * nbytes - k)).to_bytes(nbytes, "big")
-    raise AssertionError("unreachable: the interval is never empty")
+    def finish(self, check: int = 0, check_bits: int = 0) -> bytes:
+        nbytes, value = self._end(check, check_bits)
+        return value.to_bytes(nbytes, "big") if nbytes else b""
 
 
 class Decoder(_Interval):
@@ -93,8 +103,11 @@ class Decoder(_Interval):
     def offset(self) -> int:
         return self._code() - self.low
 
-    def is_canonical(self) -> bool:
-        return _shortest(self.low, self.low + self.rng, self.scale) == self.data
+    def verify_end(self, check: int = 0, check_bits: int = 0) -> bool:
+        """True iff the input is byte for byte the stream that the encoder writes
+        for the symbols decoded so far and this check value."""
+        nbytes, value = self._end(check, check_bits)
+        return nbytes == len(self.data) and value == self._value
 
 
 def decode_symbol(dec: Decoder, cum) -> int:

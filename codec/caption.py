@@ -1,29 +1,50 @@
 """Lossless caption coding: arithmetic coding driven by a language model.
 
-``CaptionCoder.encode_batch(texts)`` -> one ``CodedCaption`` per text:
-``mode`` is ``"lm"`` (arithmetic code of the tokens plus an end token under
-the model's next-token distribution) or ``"fallback"`` (raw deflate of the
-UTF-8 bytes), with the reason for a fallback. ``decode_batch`` inverts it.
+``CaptionCoder.encode_batch(texts)`` -> one ``CodedCaption`` per text, whose
+``payload`` is the whole caption section as stored (docs/format.md): a single
+arithmetic-coded stream holding
+
+1. a *mode* symbol (``MODE_FREQ`` of ``2**16``): LM coding on grid A (offset 1/2,
+   costs 0.006 bit), LM coding on grid B (offset 0, 8 bits), or the fallback
+   (16 bits);
+2. LM modes: the tokens and the end token under the model's quantised
+   next-token distribution; fallback: the raw-deflate bytes of the UTF-8 text,
+   uniform (8 bits each);
+3. the termination, whose free bits (at least ``check_bits``) carry the top
+   bits of ``crc32(text)``: a stream decodes only if it is exactly the stream
+   its decoded text would give (``arith.Decoder.verify_end``).
+
+There is no header byte, length field or separate check byte.
 
 The ``portable`` profile decodes bit-exactly on any machine, batch size,
 padding or thread count:
 
-1. logits come from a float64 forward pass (prefill at encode, KV-cache
-   incremental steps at decode; they agree to ~1e-13);
-2. each logit is quantised relative to the row maximum to an integer grid
-   of ``1/64`` nat (``k = round((max - l) / STEP)``), a grid ~1e11 times
-   coarser than float64 noise, so a rounding flip needs noise to land within
-   1e-13 of a grid boundary;
-3. from there on everything is integer: ``w = EXP_TABLE[k]`` (a table of
-   ``floor(2**30 * exp(-k/64))`` computed with exact decimal arithmetic),
-   ``freq = 1 + w * (TOTAL - V) // sum(w)``, the remainder going to the most
-   probable token (lowest id on ties). ``TOTAL = 2**32``.
+1. logits come from a float64 forward pass, on one computation path for
+   encoder and decoder: the fixed prefix, then one KV-cache step per token,
+   rows leaving the batch after their end token (``_Stepper``);
+2. each logit is placed on a grid of ``1/64`` nat below the row maximum,
+   ``x = (max - logit) * 64 + offset``, ``k = floor(x)``. Across batch shapes,
+   thread counts and devices, float64 logits of this model differ by ~1e-13
+   nat, ~1e-11 grid units. The encoder checks every logit of every step
+   against a *guard band*: if any ``x`` lies within ``2**-30`` grid units
+   (~1.5e-11 nat, 100x the noise) of a grid boundary that matters, that grid
+   could round differently elsewhere, and the caption is coded on the other
+   grid (offset 0 instead of 1/2), whose boundaries are half a unit away; if both
+   are unsafe (rare: both grids fail together about once in 1e5 to 1e6
+   captions), by the fallback;
+3. from ``k`` on everything is integer: ``w = EXP_TABLE[min(k, K_MAX)]`` (a
+   table of ``floor(2**30 * exp(-k/64))`` computed with exact decimal
+   arithmetic, 0 at ``K_MAX``), ``freq = 1 + w``, total ``V + sum(w)``.
 
-Every caption is decoded right after encoding (on the decoder's own code
-path); one that does not come back exactly is stored by the fallback and
-flagged. Texts that the tokenizer cannot round-trip, that contain the end
-token's text, or that are longer than ``max_tokens`` tokens also use the
-fallback (documented in docs/format.md).
+Every caption is decoded right after encoding (``verify``): ``"stream"`` (the
+default) runs the arithmetic decoder over the written bytes against the model
+outputs of the pass that encoded them, which the decoder recomputes
+identically on this machine (same path and schedule): every symbol, the end
+and the check must come back; ``"full"`` decodes the bytes from scratch with a
+second model pass in other batches. A caption that does not come back is stored
+by the fallback and flagged. Texts that the tokenizer cannot round-trip, that
+contain the end token's text, or that are longer than ``max_tokens`` tokens
+also use the fallback (docs/format.md).
 """
 
 from __future__ import annotations
@@ -40,11 +61,16 @@ from . import arith
 from . import lm as lm_mod
 
 STEP_DENOM = 64            # logit grid: 1/64 nat
-K_MAX = 40 * STEP_DENOM    # exp(-40) ~ 4e-18: everything below gets the floor frequency
+K_MAX = 40 * STEP_DENOM    # exp(-40) ~ 4e-18: everything at or below gets the floor frequency 1
 W_BITS = 30
-TOTAL_BITS = 32
-TOTAL = 1 << TOTAL_BITS
+GUARD = 2.0 ** -30         # grid units: the encoder's safety band around grid boundaries
+GRIDS = 2                  # grid A: k = floor(x + 1/2); grid B: k = floor(x)
+MODE_TOTAL = 1 << 16
+MODE_FREQ = (MODE_TOTAL - 257, 256, 1)  # LM on grid A, LM on grid B, fallback
+MODE_CUM = [0, MODE_FREQ[0], MODE_FREQ[0] + MODE_FREQ[1], MODE_TOTAL]
+MODE_LM_A, MODE_LM_B, MODE_FALLBACK = 0, 1, 2
 INFO_SLACK_BITS = 32
+UNIFORM_BYTE = list(range(257))
 
 
 def _exp_table() -> torch.Tensor:
@@ -56,73 +82,112 @@ def _exp_table() -> torch.Tensor:
 
 
 EXP_TABLE = _exp_table()
-RULE = f"q1:step=1/{STEP_DENOM}nat,kmax={K_MAX},w=2^{W_BITS}floor,total=2^{TOTAL_BITS},floor=1,rem=argmax"
+RULE = (f"q2:grid=1/{STEP_DENOM}nat,offsets=1/2|0,guard=2^-30,kmax={K_MAX},w=floor(2^{W_BITS}exp(-k/64)),"
+        f"freq=1+w,modes={MODE_FREQ}/2^16")
 
 PROFILES = {
     # prefix: the fixed text context every caption is coded after
-    "portable": {"precision": torch.float64, "prefix": "<|im_start|>assistant\n", "max_tokens": 1024},
+    "portable": {"precision": torch.float64, "prefix": "<|im_start|>assistant\n", "max_tokens": 1024,
+                 "check_bits": 2},
 }
 
 
-def quantized_freqs(logits: torch.Tensor) -> torch.Tensor:
-    """[..., V] float logits -> [..., V] int64 frequencies summing to TOTAL."""
+def _grid_x(logits: torch.Tensor):
     lg = logits.to(torch.float64)
-    m = lg.max(dim=-1, keepdim=True).values
-    k = torch.floor((m - lg) * STEP_DENOM + 0.5).clamp_(0, K_MAX).to(torch.int64)
-    w = EXP_TABLE[k]
-    v = lg.shape[-1]
-    wsum = w.sum(dim=-1, keepdim=True)
-    freq = 1 + (w * (TOTAL - v)) // wsum
-    rem = TOTAL - freq.sum(dim=-1, keepdim=True)
-    top = torch.argmin(k, dim=-1, keepdim=True)  # first (lowest id) among the most probable
-    freq.scatter_add_(-1, top, rem)
-    return freq
+    x = (lg.max(dim=-1, keepdim=True).values - lg) * STEP_DENOM
+    fl = torch.floor(x)
+    return x, fl, x - fl  # x - floor(x) is exact in floating point
 
 
-def _cum(freq_row: torch.Tensor) -> torch.Tensor:
-    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(freq_row, 0)])
+def _grid_k(fl: torch.Tensor, f: torch.Tensor, grid: int) -> torch.Tensor:
+    kb = fl.clamp(0, K_MAX).to(torch.int64)
+    return kb if grid == 1 else (kb + (f >= 0.5)).clamp_(max=K_MAX)  # B: floor(x); A: floor(x + 1/2)
+
+
+def grid_weights(logits: torch.Tensor, grid: int) -> torch.Tensor:
+    """[n, V] float logits -> int64 weights ``w`` [n, V] on grid 0 (A) or 1 (B); ``freq = 1 + w``."""
+    _, fl, f = _grid_x(logits)
+    return EXP_TABLE[_grid_k(fl, f, grid)]
+
+
+def both_grids(logits: torch.Tensor):
+    """[n, V] float logits -> for grids A and B: weights [n, V] and a bool [n]
+    that says some logit lies within GUARD of a boundary of that grid which
+    changes ``w`` (grid A's boundaries are at half-integers of ``x``, B's at integers)."""
+    x, fl, f = _grid_x(logits)
+    live = x < K_MAX + 1          # above that, every grid gives w = 0
+    near_a = ((f - 0.5).abs_() < GUARD) & live
+    near_b = ((f < GUARD) & (x >= 1) | (f > 1 - GUARD)) & live
+    return (EXP_TABLE[_grid_k(fl, f, 0)], near_a.any(-1)), (EXP_TABLE[_grid_k(fl, f, 1)], near_b.any(-1))
+
+
+def quantized_freqs(logits: torch.Tensor, grid: int = 0) -> torch.Tensor:
+    """[..., V] logits -> integer frequencies (``1 + w``) on one grid."""
+    shape = logits.shape
+    return (1 + grid_weights(logits.reshape(-1, shape[-1]), grid)).reshape(shape)
 
 
 @dataclass
 class CodedCaption:
     mode: str            # "lm" | "fallback"
-    payload: bytes
+    payload: bytes       # the whole caption section
     reason: str | None = None   # why the fallback was used
+    grid: int = 0        # LM mode: 0 = grid A, 1 = grid B
 
 
 class CaptionError(ValueError):
     pass
 
 
-def fallback_encode(text: str) -> bytes:
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def _deflate(text: str) -> bytes:
     c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
     return c.compress(text.encode("utf-8", "surrogatepass")) + c.flush()
 
 
-def fallback_decode(payload: bytes) -> str:
-    try:
-        d = zlib.decompressobj(-15)
-        raw = d.decompress(payload) + d.flush()
-        if not d.eof:
-            raise CaptionError("fallback caption stream is truncated")
-        return raw.decode("utf-8", "surrogatepass")
-    except (zlib.error, UnicodeDecodeError) as e:
-        raise CaptionError(f"corrupt fallback caption stream: {e}") from e
+class _Stepper:
+    """The model on the decoder's schedule: the prefix once, then one token per
+    live row per step; a row leaves the batch after its end token. Encoder and
+    decoder both run exactly this."""
+
+    def __init__(self, lm, prefix: list[int], n: int) -> None:
+        self.lm = lm
+        self.state = lm.start(prefix, n)
+        self.rows = list(range(n))          # item index of each batch row
+        self.logits = self.state["first"]   # [len(rows), V] float64
+
+    def advance(self, feed: dict[int, int]) -> None:
+        """Keep the rows whose item is in ``feed`` and step them with its token."""
+        keep = [r for r, i in enumerate(self.rows) if i in feed]
+        if not keep:
+            self.rows = []
+            return
+        if len(keep) < len(self.rows):
+            self.lm.keep_rows(self.state, keep)
+            self.rows = [self.rows[r] for r in keep]
+        self.logits = self.lm.step(self.state, [feed[i] for i in self.rows])
 
 
 class CaptionCoder:
     """Text <-> bytes with a language model's next-token probabilities."""
 
     def __init__(self, model: str = lm_mod.DEFAULT_MODEL, profile: str = "portable", lm=None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, verify: str = "stream") -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown caption profile {profile!r}; known: {sorted(PROFILES)}")
+        if verify not in ("stream", "full", "none"):
+            raise ValueError("verify must be 'stream', 'full' or 'none'")
         self.profile_name = profile
         self.profile = PROFILES[profile]
         self.lm = lm or lm_mod.load(model, dtype=self.profile["precision"])
         self.prefix = self.lm.encode_prefix(self.profile["prefix"])
         self.max_tokens = int(self.profile["max_tokens"])
+        self.check_bits = int(self.profile["check_bits"])
         self.batch_size = batch_size
+        self.verify = verify
         if profile == "portable":
             self._self_test()
 
@@ -142,18 +207,21 @@ class CaptionCoder:
     def describe(self) -> dict:
         desc = {"kind": "caption", "coder": "lm-arith", "profile": self.profile_name, "rule": RULE,
                 "prefix": self.profile["prefix"], "max_tokens": self.max_tokens, "eos_id": self.lm.eos_id,
+                "check_bits": self.check_bits, "fallback": "deflate-raw-9,uniform-bytes",
                 **self.lm.fingerprint_fields()}
         desc["fingerprint"] = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
         return desc
 
-    @staticmethod
-    def describe_fallback() -> dict:
-        desc = {"kind": "caption", "coder": "deflate-raw", "level": 9, "encoding": "utf-8"}
-        desc["fingerprint"] = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
-        return desc
-
     # -- encode ---------------------------------------------------------------
-    def encode_batch(self, texts: list[str], verify: bool = True) -> list[CodedCaption]:
+    def _fallback(self, text: str, reason: str) -> CodedCaption:
+        enc = arith.Encoder()
+        enc.encode(MODE_CUM[MODE_FALLBACK], MODE_CUM[MODE_FALLBACK + 1], MODE_TOTAL)
+        for b in _deflate(text):
+            enc.encode(b, b + 1, 256)
+        return CodedCaption("fallback", enc.finish(_crc(text), self.check_bits), reason)
+
+    def encode_batch(self, texts: list[str], verify: str | None = None) -> list[CodedCaption]:
+        verify = verify or self.verify
         out: list[CodedCaption | None] = [None] * len(texts)
         todo: list[tuple[int, list[int]]] = []
         for i, t in enumerate(texts):
@@ -172,105 +240,156 @@ class CaptionCoder:
                 elif self.lm.detokenize(ids) != t:
                     reason = "tokenizer does not round-trip this text"
             if reason:
-                out[i] = CodedCaption("fallback", fallback_encode(t), reason)
+                out[i] = self._fallback(t, reason)
             else:
                 todo.append((i, ids))
-        todo.sort(key=lambda x: len(x[1]))  # similar lengths per batch: less padding
+        todo.sort(key=lambda x: len(x[1]))  # similar lengths per batch: rows leave together
         for b in range(0, len(todo), self.batch_size):
             chunk = todo[b:b + self.batch_size]
-            seqs = [ids for _, ids in chunk]
-            logits = self.lm.score(self.prefix, seqs)
-            payloads = [self._encode_tokens(ids, lg) for ids, lg in zip(seqs, logits)]
-            if verify:
-                back = self._decode_tokens(payloads)
-                for (i, ids), p, got in zip(chunk, payloads, back):
-                    if got == ids:
-                        out[i] = CodedCaption("lm", p)
-                    else:
-                        out[i] = CodedCaption("fallback", fallback_encode(texts[i]),
-                                              "LM stream did not decode back exactly at encode time")
-            else:
-                for (i, _), p in zip(chunk, payloads):
-                    out[i] = CodedCaption("lm", p)
+            for (i, _), coded in zip(chunk, self._encode_lm([ids for _, ids in chunk],
+                                                            [texts[i] for i, _ in chunk], verify)):
+                out[i] = coded
+        if verify == "full":
+            items = [i for i, c in enumerate(out) if c.mode == "lm"]
+            back = self.decode_batch([out[i].payload for i in items], errors="return")
+            for i, got in zip(items, back):
+                if got != texts[i]:
+                    out[i] = self._fallback(texts[i], "LM stream did not decode back exactly at encode time")
         return out  # type: ignore[return-value]
 
-    def _encode_tokens(self, ids: list[int], logits: torch.Tensor) -> bytes:
-        enc = arith.Encoder()
-        freq = quantized_freqs(logits)
-        syms = ids + [self.lm.eos_id]
-        cum = torch.cumsum(freq, dim=-1)
-        for t, s in enumerate(syms):
-            hi = int(cum[t, s])
-            enc.encode(hi - int(freq[t, s]), hi, TOTAL)
-        return enc.finish()
+    def _encode_lm(self, seqs: list[list[int]], texts: list[str], verify: str) -> list[CodedCaption]:
+        n, eos = len(seqs), self.lm.eos_id
+        syms = [s + [eos] for s in seqs]
+        spans: list[list[list[tuple[int, int, int]]]] = [[[] for _ in range(n)] for _ in range(GRIDS)]
+        unsafe = [[False] * n for _ in range(GRIDS)]
+        st = _Stepper(self.lm, self.prefix, n)
+        t = 0
+        while st.rows:
+            s = torch.tensor([syms[i][t] for i in st.rows], dtype=torch.int64).view(-1, 1)
+            for g, (w, near) in enumerate(both_grids(st.logits)):
+                total = (w.shape[-1] + w.sum(-1)).tolist()
+                ws = w.gather(1, s).view(-1)
+                lo = (torch.cumsum(w, -1).gather(1, s).view(-1) - ws + s.view(-1)).tolist()
+                ws, near = ws.tolist(), near.tolist()
+                for r, i in enumerate(st.rows):
+                    spans[g][i].append((lo[r], lo[r] + 1 + ws[r], total[r]))
+                    unsafe[g][i] |= near[r]
+            st.advance({i: syms[i][t] for i in st.rows if syms[i][t] != eos})
+            t += 1
+        out = []
+        for i in range(n):
+            g = next((g for g in range(GRIDS) if not unsafe[g][i]), None)
+            if g is None:
+                out.append(self._fallback(texts[i], "logits too close to a grid boundary on both grids"))
+                continue
+            enc = arith.Encoder()
+            enc.encode(MODE_CUM[g], MODE_CUM[g + 1], MODE_TOTAL)
+            for lo, hi, total in spans[g][i]:
+                enc.encode(lo, hi, total)
+            data = enc.finish(_crc(texts[i]), self.check_bits)
+            if verify == "stream" and not self._verify_stream(data, g, spans[g][i], texts[i]):
+                out.append(self._fallback(texts[i], "LM stream did not decode back exactly at encode time"))
+                continue
+            out.append(CodedCaption("lm", data, None, g))
+        return out
+
+    def _verify_stream(self, data: bytes, grid: int, spans, text: str) -> bool:
+        """Decode ``data`` with the arithmetic decoder: the mode, every symbol
+        (the decoder's target must fall in the encoded symbol's interval, so a
+        table search returns that symbol), the end and the check."""
+        dec = arith.Decoder(data)
+        try:
+            if arith.decode_symbol(dec, MODE_CUM) != grid:
+                return False
+            for lo, hi, total in spans:
+                dec.consume(lo, hi, total)
+        except ValueError:
+            return False
+        return dec.verify_end(_crc(text), self.check_bits)
 
     # -- decode ---------------------------------------------------------------
-    def _decode_tokens(self, payloads: list[bytes]) -> list[list[int] | None]:
-        """Batched incremental decode with the KV cache. ``None`` marks a stream
-        that is corrupt (no end token within its bit budget, lost sync, or not
-        the canonical encoding of what it decoded to)."""
-        n = len(payloads)
-        if n == 0:
-            return []
-        decs = [arith.Decoder(p) for p in payloads]
-        # A canonical stream of B bytes never carries more than ~8B bits of
-        # information: once a stream has consumed 8B + SLACK bits without an
-        # end token, it is corrupt (a legitimate one trips this with probability
-        # ~2^-SLACK, and encode-time verification would then use the fallback).
-        limits = [8 * len(p) + INFO_SLACK_BITS + arith.PRECISION for p in payloads]
-        state = self.lm.start(self.prefix, n)
-        logits = state["first"]
-        toks: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        bad = [False] * n
-        while True:
-            freq = quantized_freqs(logits)
-            feed = []
-            for i in range(n):
-                if done[i]:
-                    feed.append(self.lm.eos_id)
-                    continue
-                try:
-                    s = arith.decode_symbol(decs[i], _cum(freq[i]))
-                except ValueError:
-                    bad[i] = done[i] = True
-                    feed.append(self.lm.eos_id)
-                    continue
-                if s == self.lm.eos_id:
-                    done[i] = True
-                    bad[i] = not decs[i].is_canonical()
-                else:
-                    toks[i].append(s)
-                    if decs[i].scale > limits[i] or len(toks[i]) > self.max_tokens:
-                        bad[i] = done[i] = True
-                feed.append(s)
-            if all(done):
-                break
-            logits = self.lm.step(state, feed)
-        return [None if bad[i] else toks[i] for i in range(n)]
+    def _decode_fallback(self, dec: arith.Decoder, limit: int) -> str:
+        d = zlib.decompressobj(-15)
+        raw = bytearray()
+        nbytes = 0
+        while not d.eof:
+            if dec.scale > limit:
+                raise CaptionError("corrupt fallback caption stream: no end within its length")
+            b = arith.decode_symbol(dec, UNIFORM_BYTE)
+            nbytes += 1
+            try:
+                raw += d.decompress(bytes([b]))
+            except zlib.error as e:
+                raise CaptionError(f"corrupt fallback caption stream: {e}") from e
+        try:
+            text = bytes(raw).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError as e:
+            raise CaptionError(f"corrupt fallback caption stream: {e}") from e
+        if d.unused_data or not dec.verify_end(_crc(text), self.check_bits):
+            raise CaptionError("corrupt fallback caption stream: check failed")
+        return text
 
-    def decode_batch(self, items: list[tuple[str, bytes]], errors: str = "raise") -> list:
-        """``(mode, payload)`` pairs -> texts. A corrupt item raises CaptionError
-        naming it, or with ``errors="return"`` yields a CaptionError in its place
-        while the other items still decode."""
-        out: list = [None] * len(items)
-        lm_items = []
-        for i, (mode, payload) in enumerate(items):
-            if mode == "fallback":
+    def _decode_lm(self, decs: list[arith.Decoder], grids: list[int], limits: list[int]) -> list:
+        """Batched incremental decode on the encoder's schedule. Returns text or
+        a CaptionError per stream."""
+        n, eos = len(decs), self.lm.eos_id
+        toks: list[list[int]] = [[] for _ in range(n)]
+        res: list = [None] * n
+        st = _Stepper(self.lm, self.prefix, n)
+        while st.rows:
+            feed = {}
+            by_grid: dict[int, list[int]] = {}
+            for r, i in enumerate(st.rows):
+                by_grid.setdefault(grids[i], []).append(r)
+            for g, rs in by_grid.items():
+                w = grid_weights(st.logits[rs], g)
+                cum = torch.nn.functional.pad(torch.cumsum(1 + w, -1), (1, 0))
+                for j, r in enumerate(rs):
+                    i = st.rows[r]
+                    try:
+                        s = arith.decode_symbol(decs[i], cum[j])
+                    except ValueError:
+                        res[i] = CaptionError("corrupt LM-coded caption stream: decoder lost sync")
+                        continue
+                    if s == eos:
+                        text = self.lm.detokenize(toks[i])
+                        res[i] = text if decs[i].verify_end(_crc(text), self.check_bits) else CaptionError(
+                            "corrupt or truncated LM-coded caption stream: end or check does not match")
+                    elif decs[i].scale > limits[i] or len(toks[i]) >= self.max_tokens:
+                        res[i] = CaptionError("corrupt LM-coded caption stream: no end token within its length")
+                    else:
+                        toks[i].append(s)
+                        feed[i] = s
+            st.advance(feed)
+        return res
+
+    def decode_batch(self, payloads: list[bytes], errors: str = "raise") -> list:
+        """Caption sections -> texts. A corrupt item raises CaptionError naming
+        it, or with ``errors="return"`` yields a CaptionError in its place while
+        the other items still decode."""
+        out: list = [None] * len(payloads)
+        lm_items: list[tuple[int, arith.Decoder, int, int]] = []
+        for i, p in enumerate(payloads):
+            if not isinstance(p, (bytes, bytearray)):
+                out[i] = CaptionError(f"caption {i}: not bytes")
+                continue
+            dec = arith.Decoder(p)
+            # A stream of B bytes never carries more than ~8B bits of information:
+            # past 8B + SLACK bits without an end, it is corrupt.
+            limit = 8 * len(p) + INFO_SLACK_BITS + arith.PRECISION
+            mode = arith.decode_symbol(dec, MODE_CUM)
+            if mode == MODE_FALLBACK:
                 try:
-                    out[i] = fallback_decode(payload)
+                    out[i] = self._decode_fallback(dec, limit)
                 except CaptionError as e:
-                    out[i] = e
-            elif mode == "lm":
-                lm_items.append(i)
+                    out[i] = CaptionError(f"caption {i}: {e}")
             else:
-                out[i] = CaptionError(f"unknown caption mode {mode!r}")
+                lm_items.append((i, dec, mode, limit))
         for b in range(0, len(lm_items), self.batch_size):
-            idx = lm_items[b:b + self.batch_size]
-            res = self._decode_tokens([items[i][1] for i in idx])
-            for i, r in zip(idx, res):
-                out[i] = (CaptionError(f"caption {i}: corrupt or truncated LM-coded caption stream")
-                          if r is None else self.lm.detokenize(r))
+            chunk = lm_items[b:b + self.batch_size]
+            res = self._decode_lm([d for _, d, _, _ in chunk], [g for _, _, g, _ in chunk], [x for *_, x in chunk])
+            for (i, *_), r in zip(chunk, res):
+                out[i] = CaptionError(f"caption {i}: {r}") if isinstance(r, CaptionError) else r
         if errors == "raise":
             for x in out:
                 if isinstance(x, CaptionError):

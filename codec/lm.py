@@ -6,8 +6,9 @@ One small interface, ``LMBackend``:
 * ``score(prefix, seqs) -> list[Tensor]``: full-sequence (prefill) logits,
   float64, ``[len(seq) + 1, V]`` per sequence: row ``t`` predicts ``seq[t]``
   and the last row predicts what follows the sequence;
-* ``start(prefix, n) -> state`` and ``step(state, tokens) -> Tensor[n, V]``:
-  incremental scoring with a KV cache (one token per sequence per step);
+* ``start(prefix, n) -> state``, ``step(state, tokens) -> Tensor[n, V]`` and
+  ``keep_rows(state, rows)``: incremental scoring with a KV cache (one token
+  per live row per step; finished rows leave the batch);
 * ``fingerprint_fields()``: what identifies the model (weights hash,
   tokenizer hash, backend, precision).
 
@@ -228,9 +229,19 @@ class TransformersLM:
 
     @torch.inference_mode()
     def start(self, prefix: list[int], n: int):
-        ids = torch.tensor([prefix] * n, dtype=torch.long, device=self.device)
+        """KV-cache state for ``n`` rows after ``prefix`` (computed once, repeated)."""
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
         out = self.model(input_ids=ids, use_cache=True)
-        return {"cache": self._cache_of(out), "pos": len(prefix), "first": out.logits[:, -1].to("cpu", torch.float64)}
+        cache = self._cache_of(out)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        first = out.logits[:, -1].to("cpu", torch.float64).expand(n, -1).contiguous()
+        return {"cache": cache, "pos": len(prefix), "first": first}
+
+    @torch.inference_mode()
+    def keep_rows(self, state, rows: list[int]) -> None:
+        """Drop every batch row of the state but ``rows`` (in that order)."""
+        state["cache"].batch_select_indices(torch.tensor(rows, dtype=torch.long, device=self.device))
 
     @torch.inference_mode()
     def step(self, state, tokens: list[int]) -> torch.Tensor:

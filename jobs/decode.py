@@ -21,7 +21,7 @@ from .encode import EXIT_ERROR_ROWS, EXIT_OK
 from .inputs import JobError
 from .keys import safe_relpath
 from .progress import Progress
-from .shards import list_shards, publish, read_metadata, read_shard
+from .shards import FORMAT, list_shards, publish, read_metadata, read_shard
 
 
 @dataclass
@@ -78,6 +78,8 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     kv, _ = read_metadata(sfs, paths[0])
     if "semarc.profiles" not in kv:
         raise JobError(f"{paths[0]} is not a semarc shard (no semarc.profiles in its footer)")
+    if kv.get("semarc.format") != FORMAT:
+        raise JobError(f"{paths[0]} is record format {kv.get('semarc.format')!r}; this semarc reads format {FORMAT}")
     profiles = json.loads(kv["semarc.profiles"])
     report = DecodeReport(shards=len(paths))
     done_parts = set()
@@ -95,7 +97,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
             specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
             todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
             progress = Progress(todo if keys is None else 0, enabled=opts.progress)
-            cap_desc, img_desc = profiles["0"], profiles["2"]
+            cap_desc, img_desc = profiles["caption"], profiles["image"]
             cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
                                              opts.codec or img_desc["codec"], opts.threads_per_actor,
                                              opts.storage_options)

@@ -110,8 +110,7 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                        opts.caption_pool, opts.image_pool)
     cap_pool, img_pool = codec_pools(specs, opts.caption_model, opts.caption_profile, opts.codec,
                                      opts.threads_per_actor, opts.storage_options)
-    caps = cap_pool.first("describe")
-    profiles = record.profile_table(caps["lm"], caps["fallback"], img_pool.first("describe"))
+    profiles = record.profile_table(cap_pool.first("describe"), img_pool.first("describe"))
     if plan.profiles is None:
         plan.profiles = profiles
         plan_mod.save(fs, root, plan)

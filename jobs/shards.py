@@ -1,4 +1,4 @@
-"""Writer and reader of Parquet shards (record format v1, docs/format.md).
+"""Writer and reader of Parquet shards (record format v2, docs/format.md).
 
 A shard is published atomically: on a local filesystem it is written under
 a temporary name and renamed; on object stores (S3, GCS, ...) it is uploaded
@@ -15,7 +15,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT = "1"
+FORMAT = "2"
 
 SCHEMA = pa.schema([
     ("key", pa.string()),

@@ -121,8 +121,15 @@ def cmd_bench(args) -> int:
     if args.what == "captions":
         from semarc.bench import captions
 
-        captions.run(args.out, shared=args.shared, n_coco=args.n_coco, threads=args.threads)
+        captions.run(args.out, shared=args.shared, n_coco=args.n_coco, threads=args.threads, batch=args.batch)
         return EXIT_OK
+    if args.what == "coco-roundtrip":
+        from semarc.bench import coco_roundtrip
+
+        r = coco_roundtrip.run(args.out, shared=args.shared, batch=args.batch, decode_batch=args.decode_batch,
+                               threads=args.threads, limit=args.limit)
+        print(json.dumps({k: v for k, v in r.items() if k != "profile"}, indent=1))
+        return EXIT_OK if r["complete"] and not r["failures"] else EXIT_ERROR_ROWS
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
@@ -176,11 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
-    b.add_argument("what", choices=["captions"])
+    b.add_argument("what", choices=["captions", "coco-roundtrip"])
     b.add_argument("--out", required=True)
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--n-coco", type=int, default=500)
-    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    b.add_argument("--batch", type=int, default=64, help="captions per batch, for semarc and float32 scoring")
+    b.add_argument("--decode-batch", type=int, default=48, help="coco-roundtrip: decode batch size")
+    b.add_argument("--limit", type=int, default=None, help="coco-roundtrip: only the first N captions")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from semarc.codec import record
-from semarc.codec.caption import TOTAL, CaptionError, quantized_freqs
+from semarc.codec import caption as cap
+from semarc.codec.caption import CaptionError, quantized_freqs
 
 EDGE = ["", " ", "A dog.", "emoji 🐶🎉 and ünïcödé, 中文, العربية, हिन्दी",
         "control\x00\x01\x7f chars\ttab\r\nnewline", "the end token <|im_end|> and <|im_start|> in text",
@@ -15,7 +16,7 @@ EDGE = ["", " ", "A dog.", "emoji 🐶🎉 and ünïcödé, 中文, العربي
 
 def test_edge_texts_roundtrip_exactly(caption_coder):
     coded = caption_coder.encode_batch(EDGE)
-    back = caption_coder.decode_batch([(c.mode, c.payload) for c in coded])
+    back = caption_coder.decode_batch([c.payload for c in coded])
     assert back == EDGE
     assert all(c.mode == "lm" for c in coded), [(c.mode, c.reason) for c in coded]
 
@@ -24,28 +25,30 @@ def test_unencodable_text_uses_flagged_fallback(caption_coder):
     lone_surrogate = "bad \ud800 surrogate"
     (c,) = caption_coder.encode_batch([lone_surrogate])
     assert c.mode == "fallback" and c.reason
-    assert caption_coder.decode_batch([(c.mode, c.payload)]) == [lone_surrogate]
+    assert caption_coder.decode_batch([c.payload]) == [lone_surrogate]
 
 
 def test_too_long_text_uses_fallback(caption_coder):
     long = "word " * 1500
     (c,) = caption_coder.encode_batch([long])
     assert c.mode == "fallback" and "tokens" in c.reason
-    assert caption_coder.decode_batch([(c.mode, c.payload)]) == [long]
+    assert caption_coder.decode_batch([c.payload]) == [long]
 
 
 def test_kodak_captions_near_model_code_length(caption_coder, shared):
     caps = [r["caption"] for r in csv.DictReader(open(shared / "kodak_captions.csv"))][:6]
     coded = caption_coder.encode_batch(caps)
-    assert caption_coder.decode_batch([(c.mode, c.payload) for c in coded]) == caps
+    assert caption_coder.decode_batch([c.payload for c in coded]) == caps
     ideal = 0.0
     for ids, lg in zip([caption_coder.lm.tokenize(c) for c in caps],
                        caption_coder.lm.score(caption_coder.prefix, [caption_coder.lm.tokenize(c) for c in caps])):
         lp = torch.log_softmax(lg, -1)
         ideal += -sum(lp[t, s].item() for t, s in enumerate(ids + [caption_coder.lm.eos_id])) / 8 / 0.6931471805599453
-    got = sum(len(c.payload) for c in coded)
+    got = sum(len(c.payload) for c in coded)  # whole sections: mode, code, end and check
     raw = sum(len(c.encode()) for c in caps)
     assert got <= ideal + len(caps) * 1.0, (got, ideal)
+    assert got >= ideal, "a lossless code cannot beat the model's ideal code length"
+
     assert got < raw / 6
 
 
@@ -83,40 +86,91 @@ def test_bytes_identical_across_thread_counts(caption_coder, tmp_path):
 def test_corrupt_and_truncated_streams_are_errors(caption_coder):
     text = "A small boat floats on a calm lake under a grey sky."
     (c,) = caption_coder.encode_batch([text])
-    section = record.pack_caption(c.mode, c.payload, text)
-    errors = 0
-    variants = [c.payload[:-1], c.payload[: len(c.payload) // 2], c.payload + b"\x00\x01"]
-    variants += [bytes([b ^ (1 << (i % 8))]) .join([c.payload[:i], c.payload[i + 1:]]) for i, b in
-                 enumerate(c.payload)]
-    for v in variants:
-        try:
-            (got,) = caption_coder.decode_batch([("lm", v)])
-        except CaptionError:
-            errors += 1
-            continue
-        # a stream that decodes to something must then fail the section check
-        if record.caption_check(got) != record.unpack_caption(section)[2] or got != text:
-            errors += 1
-    assert errors == len(variants)
+    p = c.payload
+    variants = [p[:-1], p[: len(p) // 2], p + b"\x00", p + b"\x00\x01", b""]
+    variants += [bytes([b ^ (1 << bit)]).join([p[:i], p[i + 1:]]) for i, b in enumerate(p) for bit in range(8)]
+    got = caption_coder.decode_batch(variants, errors="return")
+    undetected = [v for v, g in zip(variants, got) if not isinstance(g, CaptionError)]
+    # every single-bit flip, truncation and extension is caught (decode, end or check bits)
+    assert undetected == [], [(v.hex(), caption_coder.decode_batch([v], errors="return")) for v in undetected]
+    with pytest.raises(CaptionError, match="caption 0"):
+        caption_coder.decode_batch([p[:-1]])
+
+
+def test_one_corrupt_item_does_not_spoil_its_batch(caption_coder):
+    texts = ["A cat sleeps on a sofa.", "Three boats in a harbour.", "A red kite in a blue sky."]
+    coded = caption_coder.encode_batch(texts)
+    items = [c.payload for c in coded]
+    items[1] = items[1][:-1]
+    got = caption_coder.decode_batch(items, errors="return")
+    assert got[0] == texts[0] and got[2] == texts[2] and isinstance(got[1], CaptionError)
 
 
 def test_quantized_freqs_are_exact_integers_and_robust_to_noise():
     torch.manual_seed(0)
     lg = torch.randn(4, 5000, dtype=torch.float64) * 5
-    f = quantized_freqs(lg)
-    assert f.dtype == torch.int64 and (f >= 1).all()
-    assert (f.sum(-1) == TOTAL).all()
-    noisy = lg + torch.randn_like(lg) * 1e-13
-    assert torch.equal(quantized_freqs(noisy), f)
+    for grid in (0, 1):
+        f = quantized_freqs(lg, grid)
+        assert f.dtype == torch.int64 and (f >= 1).all() and (f.sum(-1) < 2 ** 56).all()
+        noisy = lg + torch.randn_like(lg) * 1e-13
+        assert torch.equal(quantized_freqs(noisy, grid), f)
+    (wa, na), (wb, nb) = cap.both_grids(lg)
+    assert torch.equal(1 + wa, quantized_freqs(lg, 0)) and torch.equal(1 + wb, quantized_freqs(lg, 1))
+
+
+def test_guard_band_flags_logits_on_a_grid_boundary():
+    lg = torch.zeros(3, 10, dtype=torch.float64)
+    lg[:, 1] = -3.0 / 64                 # x = 3: a boundary of grid B only
+    lg[1, 2] = -(3.5 + 2 ** -40) / 64    # x just above 3.5: a boundary of grid A
+    lg[2, 1] = -(7 + 1e-12) / 64         # x just above 7: grid B
+    (_, near_a), (_, near_b) = cap.both_grids(lg)
+    assert near_a.tolist() == [False, True, False]
+    assert near_b.tolist() == [True, True, True]
+    far = torch.zeros(1, 10, dtype=torch.float64)
+    far[0, 1] = -3.25 / 64
+    (_, fa), (_, fb) = cap.both_grids(far)
+    assert not fa.any() and not fb.any()
+
+
+def test_guard_picks_grid_b_then_fallback(caption_coder, monkeypatch):
+    """Captions whose logits sit on grid A's boundaries are coded on grid B (8
+    bits of mode); on both grids' boundaries, by the fallback; all decode."""
+    texts = ["A dog runs on the beach.", "Two cups of coffee on a table."]
+    base = caption_coder.encode_batch(texts)
+    assert [c.grid for c in base] == [0, 0]
+    real = cap.both_grids
+
+    def unsafe(which):
+        def both(lg):
+            (wa, na), (wb, nb) = real(lg)
+            return (wa, na | ("a" in which)), (wb, nb | ("b" in which))
+        return both
+
+    monkeypatch.setattr(cap, "both_grids", unsafe("a"))
+    on_b = caption_coder.encode_batch(texts)
+    assert [(c.mode, c.grid) for c in on_b] == [("lm", 1), ("lm", 1)]
+    assert all(len(b.payload) >= len(a.payload) for a, b in zip(base, on_b))
+    monkeypatch.setattr(cap, "both_grids", unsafe("ab"))
+    fb = caption_coder.encode_batch(texts)
+    assert all(c.mode == "fallback" and "grid" in c.reason for c in fb)
+    monkeypatch.undo()
+    assert caption_coder.decode_batch([c.payload for c in on_b + fb]) == texts + texts
+
+
+def test_full_verification_decodes_again(caption_coder):
+    texts = ["A bus on a wet street at night.", "", "a" * 50]
+    a = caption_coder.encode_batch(texts, verify="full")
+    b = caption_coder.encode_batch(texts, verify="stream")
+    assert [c.payload for c in a] == [c.payload for c in b] and all(c.mode == "lm" for c in a)
 
 
 def test_profile_fingerprint_mismatch_is_refused(caption_coder):
     desc = caption_coder.describe()
-    table = record.profile_table(desc, caption_coder.describe_fallback(), {"fingerprint": "x"})
-    record.check_profile(table, record.SLOT_CAPTION_LM, desc)
+    table = record.profile_table(desc, {"fingerprint": "x"})
+    record.check_profile(table, "caption", desc)
     other = dict(desc, fingerprint="0" * 64, model="some-other-model")
     with pytest.raises(record.FormatError, match="fingerprint"):
-        record.check_profile(table, record.SLOT_CAPTION_LM, other)
+        record.check_profile(table, "caption", other)
 
 
 def test_gguf_cache_gives_the_same_model(tmp_path, monkeypatch):
@@ -148,6 +202,6 @@ def test_any_local_causal_lm_by_path(tmp_path, caption_coder):
     coder = CaptionCoder(model=str(tmp_path), batch_size=4)
     caps = ["a tiny model codes this too", "", "ünïcödé 🐶"]
     coded = coder.encode_batch(caps)
-    assert coder.decode_batch([(c.mode, c.payload) for c in coded]) == caps
+    assert coder.decode_batch([c.payload for c in coded]) == caps
     assert all(c.mode == "lm" for c in coded)
     assert coder.describe()["fingerprint"] != caption_coder.describe()["fingerprint"]

@@ -69,19 +69,19 @@ def test_corrupt_truncated_and_wrong_model_are_errors(image_coder):
     bad.append(bytes(flipped))
     res = image_coder.decode_batch([(p, c.check) for p in bad])
     assert all(isinstance(r, ImageCodecError) for r in res), res
-    table = record.profile_table({"fingerprint": "a"}, {"fingerprint": "b"}, image_coder.describe())
-    record.check_profile(table, record.SLOT_IMAGE, image_coder.describe())
+    table = record.profile_table({"fingerprint": "a"}, image_coder.describe())
+    record.check_profile(table, "image", image_coder.describe())
     with pytest.raises(record.FormatError):
-        record.check_profile(table, record.SLOT_IMAGE, {"fingerprint": "0" * 64, "codec": "other"})
+        record.check_profile(table, "image", {"fingerprint": "0" * 64, "codec": "other"})
 
 
 def test_section_header_version_and_slot_checked():
     sec = record.pack_image(b"payload", 0xBEEF)
     assert record.unpack_image(sec) == (b"payload", 0xBEEF)
     with pytest.raises(record.FormatError, match="version"):
-        record.unpack_image(bytes([0x22]) + sec[1:])
+        record.unpack_image(bytes([0x12]) + sec[1:])
     with pytest.raises(record.FormatError, match="not an image coder"):
-        record.unpack_image(record.pack_caption("lm", b"x", "t"))
+        record.unpack_image(bytes([(record.FORMAT_VERSION << 4) | 1]) + sec[1:])
     with pytest.raises(record.FormatError, match="truncated"):
         record.unpack_image(sec[:2])
 

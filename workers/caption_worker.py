@@ -17,7 +17,7 @@ class CaptionWorker:
         from semarc.codec.caption import CaptionCoder
 
         self.coder = CaptionCoder(model=model, profile=profile, batch_size=batch_size)
-        self._desc = {"lm": self.coder.describe(), "fallback": CaptionCoder.describe_fallback()}
+        self._desc = self.coder.describe()
 
     def pid(self) -> int:
         return os.getpid()
@@ -28,8 +28,6 @@ class CaptionWorker:
     def encode(self, texts: list) -> list[dict | None]:
         """Per text: None (no caption), or {"section", "fallback", "reason"},
         or {"error"} for a value that is not text."""
-        from semarc.codec import record
-
         out: list = [None] * len(texts)
         idx = []
         for i, t in enumerate(texts):
@@ -41,8 +39,7 @@ class CaptionWorker:
                 idx.append(i)
         coded = self.coder.encode_batch([texts[i] for i in idx])
         for i, c in zip(idx, coded):
-            out[i] = {"section": record.pack_caption(c.mode, c.payload, texts[i]),
-                      "fallback": c.mode == "fallback", "reason": c.reason}
+            out[i] = {"section": c.payload, "fallback": c.mode == "fallback", "reason": c.reason}
         return out
 
     def decode(self, sections: list, profiles: dict) -> list[dict]:
@@ -50,34 +47,16 @@ class CaptionWorker:
         profile, a corrupt stream or a failed check is an error, never a guess."""
         from semarc.codec import record
 
+        try:  # once per call: every section of a shard names the same caption coder
+            record.check_profile(profiles, "caption", self._desc)
+        except record.FormatError as e:
+            return [{"caption": None} if s is None else {"error": f"caption: {e}"} for s in sections]
         out: list = [None] * len(sections)
-        todo = []
-        slots = {"lm": record.SLOT_CAPTION_LM, "fallback": record.SLOT_CAPTION_FALLBACK}
-        refused = {}  # mode -> why the shard's profile does not match the loaded coder (checked once)
-        for mode, slot in slots.items():
-            try:
-                record.check_profile(profiles, slot, self._desc[mode])
-            except record.FormatError as e:
-                refused[mode] = str(e)
+        todo = [i for i, s in enumerate(sections) if s is not None]
         for i, s in enumerate(sections):
             if s is None:
                 out[i] = {"caption": None}
-                continue
-            try:
-                mode, payload, check = record.unpack_caption(s)
-            except record.FormatError as e:
-                out[i] = {"error": f"caption: {e}"}
-                continue
-            if mode in refused:
-                out[i] = {"error": f"caption: {refused[mode]}"}
-            else:
-                todo.append((i, mode, payload, check))
-        texts = self.coder.decode_batch([(m, p) for _, m, p, _ in todo], errors="return")
-        for (i, _, _, check), text in zip(todo, texts):
-            if isinstance(text, Exception):
-                out[i] = {"error": f"caption: {text}"}
-            elif record.caption_check(text) != check:
-                out[i] = {"error": "caption: decoded text fails its check (corrupt stream or different model)"}
-            else:
-                out[i] = {"caption": text}
+        texts = self.coder.decode_batch([sections[i] for i in todo], errors="return")
+        for i, text in zip(todo, texts):
+            out[i] = {"error": f"caption: {text}"} if isinstance(text, Exception) else {"caption": text}
         return out

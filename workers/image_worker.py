@@ -75,7 +75,7 @@ class ImageWorker:
 
         out: list = [None] * len(items)
         try:  # once per call: every section of a shard names the same image coder
-            record.check_profile(profiles, record.SLOT_IMAGE, self.coder.describe())
+            record.check_profile(profiles, "image", self.coder.describe())
         except record.FormatError as e:
             return [{"error": f"image: {e}"} for _ in items]
         todo = []
