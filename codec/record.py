@@ -55,7 +55,11 @@ def check_profile(table: dict, column: str, loaded: dict) -> None:
     if want is None:
         raise FormatError(f"the shard's profile table names no coder for {column!r}")
     if want.get("fingerprint") != loaded.get("fingerprint"):
+        differ = sorted(k for k in set(want) | set(loaded) if k != "fingerprint" and want.get(k) != loaded.get(k))
+        detail = "; ".join(f"{k}: coded {json.dumps(want.get(k))[:80]}, loaded {json.dumps(loaded.get(k))[:80]}"
+                           for k in differ[:6])
         raise FormatError(
             f"{column} was coded with {json.dumps({k: want.get(k) for k in ('kind', 'profile', 'codec', 'model')})} "
             f"fingerprint {str(want.get('fingerprint'))[:16]}..., but the loaded coder has fingerprint "
-            f"{str(loaded.get('fingerprint'))[:16]}...: load the same model/profile to decode")
+            f"{str(loaded.get('fingerprint'))[:16]}... ({detail or 'same fields, other values'}): "
+            f"load the same model/profile under the same conditions to decode")

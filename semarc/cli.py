@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--codec", default=image_models.DEFAULT_CODEC, help="image codec (see `semarc codecs`)")
     e.add_argument("--caption-model", default=lm_mod.DEFAULT_MODEL,
                    help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a local path")
-    e.add_argument("--caption-profile", default="portable")
+    e.add_argument("--caption-profile", default="portable", choices=["portable", "vllm"],
+                   help="portable: float64, decodes anywhere (default); vllm: top-k from a vLLM engine on a GPU, "
+                        "decodes under the same recorded conditions")
     e.add_argument("--shard-size", type=int, default=256, help="records per shard")
     e.add_argument("--caption-batch", type=int, default=64)
     e.add_argument("--image-batch", type=int, default=4)

@@ -14,9 +14,9 @@ def _threads(n: int) -> None:
 class CaptionWorker:
     def __init__(self, model: str, profile: str, threads: int = 1, batch_size: int = 64) -> None:
         _threads(threads)
-        from semarc.codec.caption import CaptionCoder
+        from semarc.codec.caption_topk import load_coder
 
-        self.coder = CaptionCoder(model=model, profile=profile, batch_size=batch_size)
+        self.coder = load_coder(model, profile, batch_size=batch_size)
         self._desc = self.coder.describe()
 
     def pid(self) -> int:
