@@ -1,8 +1,13 @@
 """Writer and reader of Parquet shards (record format v2, docs/format.md).
 
-A shard is published atomically: on a local filesystem it is written under
-a temporary name and renamed; on object stores (S3, GCS, ...) it is uploaded
-in one PUT, which is all-or-nothing. Shard names are fixed by the job plan.
+A shard is published atomically and at most once: on a local filesystem it
+is written under a temporary name and hard-linked to its name (which fails if
+the name exists); on object stores it is uploaded in one PUT (all-or-nothing)
+that is conditional on the name not existing (S3 ``If-None-Match: *``, via
+s3fs ``mode="create"``; there is no rename on object storage). If another
+driver of the same job published the shard first, the existing shard is
+checked (same job id, the planned rows) and kept. Shard names are fixed by the
+job plan.
 """
 
 from __future__ import annotations
@@ -55,22 +60,55 @@ def to_bytes(rows: list[dict], metadata: dict[str, str]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see all of it or nothing."""
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or nothing.
+    With ``exclusive``, raise FileExistsError instead of replacing an existing
+    ``path`` (local: hard link; object stores: a conditional PUT)."""
+    if _is_local(fs):
+        import os
+
         parent = path.rsplit("/", 1)[0]
         fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open(tmp, "wb") as f:
             f.write(data)
-        fs.mv(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        else:
+            fs.mv(tmp, path)
+    elif exclusive:
+        try:
+            fs.pipe_file(path, data, mode="create")  # S3: PUT with If-None-Match: *
+        except TypeError:  # a filesystem without conditional writes: a plain single PUT
+            fs.pipe_file(path, data)
     else:
         fs.pipe_file(path, data)  # a single PUT: atomic on object stores
 
 
 def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str, str], stats: dict) -> None:
     name = shard_name(index)
-    publish(fs, f"{root}/{name}.parquet", to_bytes(rows, metadata))
+    path = f"{root}/{name}.parquet"
+    try:
+        publish(fs, path, to_bytes(rows, metadata), exclusive=True)
+    except FileExistsError:
+        # published meanwhile (another driver of this job): keep it if it is this job's shard
+        try:
+            kv, n = read_metadata(fs, path)
+        except Exception as e:
+            raise FileExistsError(f"{path} exists but cannot be read as a shard ({type(e).__name__}: {e}); "
+                                  f"it was not replaced: delete it to redo the shard") from None
+        want = json.loads(metadata.get("semarc.job", "{}")).get("job_id")
+        if json.loads(kv.get("semarc.job", "{}")).get("job_id") != want or n != len(rows):
+            raise FileExistsError(f"{path} exists and is not this job's shard {index} ({n} rows); "
+                                  f"it was not replaced") from None
+        return
     publish(fs, f"{root}/{name}.stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
 
 

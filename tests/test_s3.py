@@ -81,3 +81,15 @@ def test_encode_decode_s3_to_s3_and_resume(s3_env, tmp_path):
     assert [(g["key"], g["caption"]) for g in got] == [(x["key"], x["caption"]) for x in rows[:3]]
     for x in rows[:3]:
         assert s3.head_object(Bucket="dst", Key=f"decoded/images/{x['key']}.png")["ContentLength"] > 1000
+
+
+def test_exclusive_publish_is_a_conditional_put(s3_env):
+    import s3fs
+
+    from semarc.jobs.shards import publish
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_env["env"]["AWS_ENDPOINT_URL"])
+    publish(fs, "dst/cond/x.parquet", b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        publish(fs, "dst/cond/x.parquet", b"second", exclusive=True)
+    assert s3_env["s3"].get_object(Bucket="dst", Key="cond/x.parquet")["Body"].read() == b"first"
