@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -45,17 +46,60 @@ class PoolSpec:
 
 
 def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: int = 4,
-               caption_pool: int | None = None, image_pool: int | None = None) -> dict[str, PoolSpec]:
+               caption_pool: int | None = None, image_pool: int | None = None, captioner: bool = False,
+               captioner_batch: int = 8, captioner_pool: int | None = None,
+               captioner_gpus: float | None = None) -> dict[str, PoolSpec]:
     """Split the cluster's CPUs (and GPUs) between the caption-coding and the
     image-coding pools. Without GPUs each actor takes one CPU (its torch uses
     that many threads); the two pools share the CPUs about evenly, at least one
-    actor each."""
+    actor each.
+
+    With ``captioner``, a third pool generates captions. With GPUs it takes
+    about half of them (``captioner_gpus`` per actor: default a whole GPU, half
+    of one on a one-GPU machine) and the coding pools share the rest; without
+    GPUs it takes a third of the CPUs. Where the pools would ask for more CPUs
+    or GPUs than the cluster has (at least one actor each), every actor's share
+    is scaled down so that all of them can be placed."""
+    if not captioner:
+        return _coding_pools(cpus, gpus, caption_batch, image_batch, caption_pool, image_pool)
+    cpus_i = max(1, int(cpus))
+    if gpus >= 1:
+        frac = float(captioner_gpus) if captioner_gpus else (1.0 if gpus >= 2 else 0.5)
+        n = captioner_pool or max(1, int(gpus / 2 / frac + 1e-9))
+        cpt = PoolSpec("captioner", n, 1, frac, captioner_batch)
+        specs = _coding_pools(max(1, cpus_i - n), max(0.0, gpus - n * frac), caption_batch, image_batch,
+                              caption_pool, image_pool, gpu_share=True)
+    else:
+        n = captioner_pool or max(1, cpus_i // 3)
+        cpt = PoolSpec("captioner", n, 1, 0, captioner_batch)
+        specs = _coding_pools(max(1, cpus_i - n), 0, caption_batch, image_batch, caption_pool, image_pool)
+    specs["captioner"] = cpt
+    _fit(specs, "num_cpus", float(cpus_i))
+    _fit(specs, "num_gpus", float(gpus))
+    return specs
+
+
+def _fit(specs: dict[str, PoolSpec], res: str, have: float) -> None:
+    want = sum(s.size * getattr(s, res) for s in specs.values())
+    if want > have + 1e-9:
+        scale = have / want
+        for s in specs.values():
+            setattr(s, res, math.floor(getattr(s, res) * scale * 1e4) / 1e4)  # Ray: 4 decimals
+
+
+def _coding_pools(cpus: float, gpus: float, caption_batch: int, image_batch: int, caption_pool: int | None,
+                  image_pool: int | None, gpu_share: bool = False) -> dict[str, PoolSpec]:
     cpus = max(1, int(cpus))
     if gpus >= 1:
         cap = caption_pool or max(1, int(gpus) // 2)
         img = image_pool or max(1, int(gpus) - cap)
         return {"caption": PoolSpec("caption", cap, 1, 1.0 if gpus >= 2 else 0.5, caption_batch),
                 "image": PoolSpec("image", img, 1, 1.0 if gpus >= 2 else 0.5, image_batch)}
+    if gpu_share and gpus > 0:  # what the captioner left of the GPUs: shared by one actor of each
+        cap, img = caption_pool or 1, image_pool or 1
+        share = math.floor(gpus / (cap + img) * 1e4) / 1e4
+        return {"caption": PoolSpec("caption", cap, 1, share, caption_batch),
+                "image": PoolSpec("image", img, 1, share, image_batch)}
     cap = caption_pool or max(1, cpus // 2)
     img = image_pool or max(1, cpus - cap)
     return {"caption": PoolSpec("caption", cap, 1, 0, caption_batch),

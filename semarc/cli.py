@@ -39,7 +39,12 @@ def cmd_encode(args) -> int:
     opts = EncodeOptions(codec=args.codec, caption_model=args.caption_model, caption_profile=args.caption_profile,
                          shard_size=args.shard_size, address=args.address, num_cpus=args.num_cpus,
                          caption_batch=args.caption_batch, image_batch=args.image_batch,
-                         storage_options=_storage_options(args), progress=not args.no_progress)
+                         storage_options=_storage_options(args), progress=not args.no_progress,
+                         captioner=args.captioner, captioner_backend=args.captioner_backend,
+                         caption_prompt=args.caption_prompt, caption_max_tokens=args.caption_max_tokens,
+                         captioner_batch=args.captioner_batch, captioner_pool=args.captioner_pool,
+                         captioner_gpus=args.captioner_gpus, gpu_memory_utilization=args.gpu_memory_utilization,
+                         one_lmm=args.one_lmm)
     r = run_encode(args.src, args.dst, opts)
     t = r.totals
     print(f"semarc encode: {r.records} records in {r.shards} shards ({r.shards_skipped} already done): "
@@ -123,6 +128,12 @@ def cmd_bench(args) -> int:
 
         captions.run(args.out, shared=args.shared, n_coco=args.n_coco, threads=args.threads, batch=args.batch)
         return EXIT_OK
+    if args.what == "captioner":
+        from semarc.bench import captioner
+
+        captioner.run(args.out, shared=args.shared, models=args.model, batch=args.batch if args.batch != 64 else 8,
+                      threads=args.threads, max_tokens=args.max_tokens)
+        return EXIT_OK
     if args.what == "coco-roundtrip":
         from semarc.bench import coco_roundtrip
 
@@ -163,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-size", type=int, default=256, help="records per shard")
     e.add_argument("--caption-batch", type=int, default=64)
     e.add_argument("--image-batch", type=int, default=4)
+    g = e.add_argument_group("captioning", "generate a caption for every record without a manifest caption "
+                                           "(docs/captioning.md)")
+    g.add_argument("--captioner", default=None, metavar="MODEL",
+                   help="image-text-to-text model (hub id or local folder) that writes the missing captions")
+    g.add_argument("--captioner-backend", default="transformers", choices=["transformers", "vllm"])
+    g.add_argument("--caption-prompt", default="short",
+                   help="short (default: a short factual description), misc (MISC-style: main items, one "
+                        "detail each, an overall description), or the prompt text itself")
+    g.add_argument("--caption-max-tokens", type=int, default=None,
+                   help="most new tokens per caption (default: 64 for short, 192 for misc)")
+    g.add_argument("--captioner-batch", type=int, default=8, help="images per captioning call")
+    g.add_argument("--captioner-pool", type=int, default=None, help="captioner actors (default: by cluster size)")
+    g.add_argument("--captioner-gpus", type=float, default=None,
+                   help="GPUs per captioner actor (default: 1, or 0.5 on a one-GPU cluster)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.85,
+                   help="vllm captioner: fraction of the GPU's memory it may take")
+    g.add_argument("--one-lmm", action="store_true",
+                   help="code captions with the captioner's own language model (text-only context) "
+                        "instead of --caption-model")
     _add_cluster(e)
     e.set_defaults(func=cmd_encode)
 
@@ -192,14 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
-    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak"])
+    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner"])
     b.add_argument("--out", required=True)
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--n-coco", type=int, default=500)
     b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    b.add_argument("--batch", type=int, default=64, help="captions per batch, for semarc and float32 scoring")
+    b.add_argument("--batch", type=int, default=64,
+                   help="captions per batch, for semarc and float32 scoring (captioner: images per batch, default 8)")
     b.add_argument("--decode-batch", type=int, default=48, help="coco-roundtrip: decode batch size")
     b.add_argument("--limit", type=int, default=None, help="coco-roundtrip: only the first N captions")
+    b.add_argument("--model", action="append", default=None,
+                   help="captioner: a captioning model to measure (repeatable; default: two random models built here)")
+    b.add_argument("--max-tokens", type=int, default=32, help="captioner: most new tokens per caption")
     b.add_argument("--baselines", default=None,
                    help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl)")
     b.add_argument("--points", default=None, help="kodak: comma-separated semarc rate points (default: all shipped)")
@@ -233,6 +267,8 @@ def run(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from semarc.jobs.inputs import JobError
 
+    if getattr(args, "one_lmm", False) and not getattr(args, "captioner", None):
+        parser.error("--one-lmm needs --captioner MODEL")
     try:
         return args.func(args)
     except JobError as e:

@@ -57,19 +57,36 @@ def codec_pools(specs: dict, caption_model: str, caption_profile: str, codec: st
     return cap, img
 
 
+def captioner_pool(spec, config: dict, threads: int, storage_options: dict) -> ActorPool:
+    """The captioning pool of a job (``spec``: ``size_pools(...)["captioner"]``)."""
+    from .captioner_worker import CaptionerWorker
+
+    return ActorPool(CaptionerWorker, spec.size, spec.num_cpus, spec.num_gpus,
+                     args=(config, threads, storage_options), name="captioner")
+
+
 def submit_batches(pool: ActorPool, method: str, items: list, batch: int, *extra) -> list:
     """Submit ``items`` in batches; returns [(offset, (ref, actor index))]."""
     return [(b, pool.submit(method, items[b:b + batch], *extra)) for b in range(0, len(items), batch)]
 
 
-def gather(pool: ActorPool, calls: list, n: int, on_batch=None) -> list:
-    """The results of ``submit_batches`` calls, in input order (length ``n``)."""
+def gather(pool: ActorPool, calls: list, n: int, on_batch=None, on_error=None) -> list:
+    """The results of ``submit_batches`` calls, in input order (length ``n``).
+    With ``on_error``, a call that failed (its actor died past its retries)
+    yields ``on_error(exception)`` for each of its items instead of raising."""
     import ray
 
     out: list = [None] * n
-    for b, (ref, a) in calls:
-        got = ray.get(ref)
-        pool.done(a)
+    for k, (b, (ref, a)) in enumerate(calls):
+        try:
+            got = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            if on_error is None:
+                raise
+            end = calls[k + 1][0] if k + 1 < len(calls) else n
+            got = [on_error(e) for _ in range(end - b)]
+        finally:
+            pool.done(a)
         out[b:b + len(got)] = got
         if on_batch is not None:
             on_batch(got)
