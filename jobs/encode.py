@@ -103,7 +103,7 @@ def _shard_done(fs, root: str, plan: plan_mod.Plan, i: int) -> bool:
         kv, n = read_metadata(fs, path)
         job = json.loads(kv.get("semarc.job", "{}"))
     except Exception:
-        return False  # unreadable: redo it (it is overwritten atomically)
+        return False  # unreadable: pending; write_shard then refuses to replace it and says so
     return job.get("job_id") == plan.job_id and n == len(plan.shards[i])
 
 

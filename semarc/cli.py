@@ -134,6 +134,12 @@ def cmd_bench(args) -> int:
         captioner.run(args.out, shared=args.shared, models=args.model, batch=args.batch if args.batch != 64 else 8,
                       threads=args.threads, max_tokens=args.max_tokens)
         return EXIT_OK
+    if args.what == "pipeline":
+        from semarc.bench import pipeline
+
+        pipeline.run(args.out, sizes=[int(x) for x in args.sizes.split(",")], crop=args.crop,
+                     num_cpus=args.num_cpus or 2)
+        return EXIT_OK
     if args.what == "coco-roundtrip":
         from semarc.bench import coco_roundtrip
 
@@ -222,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
-    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner"])
+    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline"])
     b.add_argument("--out", required=True)
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--n-coco", type=int, default=500)
@@ -237,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--baselines", default=None,
                    help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl)")
     b.add_argument("--points", default=None, help="kodak: comma-separated semarc rate points (default: all shipped)")
+    b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
+    b.add_argument("--crop", type=int, default=128, help="pipeline: input image side in pixels")
+    b.add_argument("--num-cpus", type=int, default=None, help="pipeline: CPUs of the local Ray cluster (default 2)")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")
