@@ -332,7 +332,7 @@ class CaptionCoder:
     def _decode_lm(self, decs: list[arith.Decoder], grids: list[int], limits: list[int]) -> list:
         """Batched incremental decode on the encoder's schedule. Returns text or
         a CaptionError per stream."""
-        n, eos = len(decs), self.lm.eos_id
+        n = len(decs)
         toks: list[list[int]] = [[] for _ in range(n)]
         res: list = [None] * n
         st = _Stepper(self.lm, self.prefix, n)
@@ -346,22 +346,31 @@ class CaptionCoder:
                 cum = torch.nn.functional.pad(torch.cumsum(1 + w, -1), (1, 0))
                 for j, r in enumerate(rs):
                     i = st.rows[r]
-                    try:
-                        s = arith.decode_symbol(decs[i], cum[j])
-                    except ValueError:
-                        res[i] = CaptionError("corrupt LM-coded caption stream: decoder lost sync")
-                        continue
-                    if s == eos:
-                        text = self.lm.detokenize(toks[i])
-                        res[i] = text if decs[i].verify_end(_crc(text), self.check_bits) else CaptionError(
-                            "corrupt or truncated LM-coded caption stream: end or check does not match")
-                    elif decs[i].scale > limits[i] or len(toks[i]) >= self.max_tokens:
-                        res[i] = CaptionError("corrupt LM-coded caption stream: no end token within its length")
-                    else:
-                        toks[i].append(s)
+                    s = self._next_token(i, lambda d: arith.decode_symbol(d, cum[j]), decs, toks, limits, res)
+                    if s is not None:
                         feed[i] = s
             st.advance(feed)
         return res
+
+    def _next_token(self, i: int, decode, decs, toks, limits, res) -> int | None:
+        """Decode item ``i``'s next symbol with ``decode(decoder)``: a token to
+        feed back, or None when the item ended (``res[i]``: its text, or a
+        CaptionError for a lost sync, a failed end/check or no end in time)."""
+        try:
+            s = decode(decs[i])
+        except ValueError:
+            res[i] = CaptionError("corrupt LM-coded caption stream: decoder lost sync")
+            return None
+        if s == self.lm.eos_id:
+            text = self.lm.detokenize(toks[i])
+            res[i] = text if decs[i].verify_end(_crc(text), self.check_bits) else CaptionError(
+                "corrupt or truncated LM-coded caption stream: end or check does not match")
+            return None
+        if decs[i].scale > limits[i] or len(toks[i]) >= self.max_tokens:
+            res[i] = CaptionError("corrupt LM-coded caption stream: no end token within its length")
+            return None
+        toks[i].append(s)
+        return s
 
     def decode_batch(self, payloads: list[bytes], errors: str = "raise") -> list:
         """Caption sections -> texts. A corrupt item raises CaptionError naming

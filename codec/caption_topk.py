@@ -176,7 +176,7 @@ class TopKCaptionCoder(CaptionCoder):
         return out
 
     def _decode_lm(self, decs: list[arith.Decoder], grids: list[int], limits: list[int]) -> list:
-        n, eos = len(decs), self.lm.eos_id
+        n = len(decs)
         toks: list[list[int]] = [[] for _ in range(n)]
         res: list = [None] * n
         live = [i for i in range(n) if grids[i] == 0]
@@ -187,19 +187,7 @@ class TopKCaptionCoder(CaptionCoder):
             tables = [topk_table(e) for e in self.lm.next_topk([self.prefix + toks[i] for i in live], self.k)]
             nxt = []
             for i, tb in zip(live, tables):
-                try:
-                    s = self._code_symbol(decs[i], tb, None)
-                except ValueError:
-                    res[i] = CaptionError("corrupt LM-coded caption stream: decoder lost sync")
-                    continue
-                if s == eos:
-                    text = self.lm.detokenize(toks[i])
-                    res[i] = text if decs[i].verify_end(_crc(text), self.check_bits) else CaptionError(
-                        "corrupt or truncated LM-coded caption stream: end or check does not match")
-                elif decs[i].scale > limits[i] or len(toks[i]) >= self.max_tokens:
-                    res[i] = CaptionError("corrupt LM-coded caption stream: no end token within its length")
-                else:
-                    toks[i].append(s)
+                if self._next_token(i, lambda d: self._code_symbol(d, tb, None), decs, toks, limits, res) is not None:
                     nxt.append(i)
             live = nxt
         return res
