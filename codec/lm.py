@@ -174,7 +174,27 @@ def _load_gguf_cached(source: ModelSource):
     return tok, net
 
 
-class TransformersLM:
+def tokenizer_sha256(tokenizer) -> str:
+    tok_json = getattr(tokenizer, "backend_tokenizer", None)
+    desc = tok_json.to_str() if tok_json is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(desc.encode()).hexdigest()
+
+
+class HFTokens:
+    """Caption tokenization with a Hugging Face tokenizer (``self.tokenizer``):
+    special-token strings inside a caption are split as plain text."""
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def encode_prefix(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class TransformersLM(HFTokens):
     backend = "transformers"
 
     def __init__(self, model: str = DEFAULT_MODEL, gguf_file: str | None = None,
@@ -198,19 +218,7 @@ class TransformersLM:
         self.dtype, self.device = dtype, device
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_id = int(self.tokenizer.eos_token_id)
-        tok_json = getattr(self.tokenizer, "backend_tokenizer", None)
-        tok_desc = tok_json.to_str() if tok_json is not None else repr(sorted(self.tokenizer.get_vocab().items()))
-        self._tokenizer_sha = hashlib.sha256(tok_desc.encode()).hexdigest()
-
-    # -- tokens ---------------------------------------------------------------
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def encode_prefix(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        self._tokenizer_sha = tokenizer_sha256(self.tokenizer)
 
     # -- scoring --------------------------------------------------------------
     @torch.inference_mode()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from .lm import HFTokens, tokenizer_sha256
+
 
 def available() -> tuple[bool, str]:
     """(usable, reason): vLLM importable and a CUDA GPU present."""
@@ -32,7 +34,7 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-class VllmTopK:
+class VllmTopK(HFTokens):
     backend = "vllm"
 
     def __init__(self, model: str, k: int = 20, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
@@ -55,15 +57,6 @@ class VllmTopK:
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._vllm_version = vllm.__version__
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def encode_prefix(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def next_topk(self, contexts: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
         from vllm.inputs import TokensPrompt
 
@@ -78,12 +71,8 @@ class VllmTopK:
         return res
 
     def fingerprint_fields(self) -> dict:
-        import hashlib
-
-        tok = getattr(self.tokenizer, "backend_tokenizer", None)
-        tok_desc = tok.to_str() if tok is not None else repr(sorted(self.tokenizer.get_vocab().items()))
         return {"backend": self.backend, "model": self.model_name, "precision": self.dtype,
-                "tokenizer_sha256": hashlib.sha256(tok_desc.encode()).hexdigest()}
+                "tokenizer_sha256": tokenizer_sha256(self.tokenizer)}
 
     def conditions(self) -> dict:
         import torch

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from conftest import run_cli
+from semarc.bench.pipeline import _tree
 from test_s3 import s3_env  # noqa: F401  (the moto server fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.scale]
@@ -26,25 +27,8 @@ N = 2000
 SHARD = 100
 
 
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(d))
-    return out
-
-
 def descendants(pid: int) -> list[int]:
-    ch, out, stack = _children(), [], [pid]
-    while stack:
-        for c in ch.get(stack.pop(), []):
-            out.append(c)
-            stack.append(c)
-    return out
+    return _tree(pid)
 
 
 def cmdline(pid: int) -> str:
