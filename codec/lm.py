@@ -92,13 +92,15 @@ class _TableRoPE(torch.nn.Module):
         if rope_type == "default":
             inv_freq = 1.0 / (float(base) ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         else:
-            inv_freq = orig.inv_freq.to(torch.float64)
+            inv_freq = orig.inv_freq.to("cpu", torch.float64)
         scaling = float(getattr(orig, "attention_scaling", 1.0))
         pos = torch.arange(max_positions, dtype=torch.float64)
         emb = torch.outer(pos, inv_freq)
         emb = torch.cat((emb, emb), dim=-1)
-        self.register_buffer("cos_table", emb.cos() * scaling, persistent=False)
-        self.register_buffer("sin_table", emb.sin() * scaling, persistent=False)
+        # computed on the CPU, then moved: the same table values on every device
+        device = orig.inv_freq.device
+        self.register_buffer("cos_table", (emb.cos() * scaling).to(device), persistent=False)
+        self.register_buffer("sin_table", (emb.sin() * scaling).to(device), persistent=False)
 
     def forward(self, x, position_ids):
         return (self.cos_table[position_ids].to(x.dtype), self.sin_table[position_ids].to(x.dtype))

@@ -14,6 +14,16 @@ rate point (all of it: transforms and entropy model) and adds LPIPS-Alex v0.1
 between the reconstruction and the crop, both mapped from [0, 1] to [-1, 1] as
 ``metrics.lpips`` does; the gradient flows through the frozen network into the
 codec. A run folder without ``lpips_weight`` in its ``config.json`` is a W=0 run.
+
+Devices: ``--device cuda`` trains on a GPU (model, photos and LPIPS network on
+the device; the batch sampler still draws from its CPU generator, so the
+crops are the same as on the CPU). Resume is exact on the CPU; on a GPU the
+entropy bottleneck's training noise comes from the device's generator, which
+is not checkpointed. The learning rate drops tenfold at ``--lr-drop-step``
+(default: 90% of ``--steps``), or, with ``--drop-after-minutes M``, at the first
+step after M minutes of this invocation (for fixed-time runs on a lent GPU);
+the step it dropped at is logged (``lr_drop_step``), so ``--steps S
+--lr-drop-step K`` reproduces such a run's schedule exactly.
 """
 
 from __future__ import annotations
@@ -117,6 +127,11 @@ def train(args) -> dict:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    device = torch.device(getattr(args, "device", "cpu") or "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     cfg_path = run / "config.json"
     config = run_config(args)
     lpips_weight = config.get("lpips_weight", 0.0)
@@ -127,10 +142,10 @@ def train(args) -> dict:
     cfg_path.write_text(json.dumps(config, indent=1, sort_keys=True))
 
     paths = sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
-    photos = load_photos(paths)
+    photos = [p.to(device) for p in load_photos(paths)]
     torch.manual_seed(args.seed)
-    net = image_models.build(args.arch, {"N": args.N, "M": args.M})
-    lpips_net = lpips_network() if lpips_weight else None
+    net = image_models.build(args.arch, {"N": args.N, "M": args.M}).to(device)
+    lpips_net = lpips_network().to(device) if lpips_weight else None
     params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -150,6 +165,7 @@ def train(args) -> dict:
     elif args.init:
         init = image_models.load_checkpoint(args.init)
         net.load_state_dict(init.net.state_dict(), strict=False)
+        net.to(device)
         print(f"initialised from {args.init}", flush=True)
 
     def save():
@@ -161,11 +177,20 @@ def train(args) -> dict:
     net.train()
     log = open(run / "log.jsonl", "a")
     t0, acc = time.time(), []
-    deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
+    started = time.time()
+    deadline = started + args.max_minutes * 60 if args.max_minutes else None
+    drop_at = getattr(args, "lr_drop_step", None)
+    if drop_at is None:
+        drop_at = int(0.9 * args.steps)
+    drop_minutes = getattr(args, "drop_after_minutes", None)
     while step < args.steps:
-        # learning-rate drop for the last 10% of the schedule
+        if drop_minutes is not None and step < drop_at and time.time() - started >= drop_minutes * 60:
+            drop_at = step
+            log.write(json.dumps({"step": step, "lr_drop_step": step}) + "\n")
+            log.flush()
+        # learning-rate drop (tenfold) for the end of the schedule
         for g in opt.param_groups:
-            g["lr"] = args.lr * (0.1 if step >= 0.9 * args.steps else 1.0)
+            g["lr"] = args.lr * (0.1 if step >= drop_at else 1.0)
         x = sample_batch(photos, args.batch, args.crop, gen)
         opt.zero_grad()
         aux_opt.zero_grad()
@@ -177,10 +202,11 @@ def train(args) -> dict:
         aux.backward()
         aux_opt.step()
         step += 1
-        acc.append((float(loss.detach()), float(bpp.detach()), float(mse.detach()))
-                   + ((float(lp.detach()),) if lp is not None else ()))
+        # kept on the device until the log line: no host sync per step
+        acc.append(torch.stack([loss.detach(), bpp.detach(), mse.detach()]
+                               + ([lp.detach()] if lp is not None else [])))
         if step % args.log_every == 0 or step == args.steps:
-            a = np.mean(acc, axis=0)
+            a = torch.stack(acc).double().mean(0).cpu().numpy()
             rec = {"step": step, "loss": round(a[0], 5), "bpp": round(a[1], 5),
                    "psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3),
                    **({"lpips": round(a[3], 5)} if lpips_net is not None else {}),
@@ -224,7 +250,10 @@ def export(run: Path, out: str, args) -> dict:
     net.load_state_dict(st["model"], strict=False)
     aux_before, aux_after = fit_quantiles(net)
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
+    drops = [l["lr_drop_step"] for l in lines if "lr_drop_step" in l]
+    lines = [l for l in lines if "loss" in l]
     meta = {"trained_steps": st["step"], "train_config": cfg, "last_log": lines[-1] if lines else None,
+            **({"lr_drop_step": drops[-1]} if drops else {}),
             "command": getattr(args, "command_line", None), "aux_loss": [round(aux_before, 2), round(aux_after, 2)], "data": "open photos (../shared/data/photos), no Kodak"}
     fp = image_models.save_checkpoint(out, cfg["arch"], {"N": cfg["N"], "M": cfg["M"]}, net, meta=meta)
     print(f"exported {out} fingerprint {fp[:16]} after {st['step']} steps", flush=True)
@@ -251,4 +280,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--lr-drop-step", type=int, default=None,
+                   help="step at which the learning rate drops tenfold (default: 90%% of --steps)")
+    p.add_argument("--drop-after-minutes", type=float, default=None,
+                   help="drop the learning rate at the first step after this many minutes (fixed-time runs); "
+                        "the step is logged as lr_drop_step")
     p.add_argument("--export", default=None, help="write the shippable checkpoint here when done")

@@ -45,30 +45,48 @@ def _hidden(rel: str) -> bool:
     return any(p.startswith((".", "_")) for p in rel.split("/") if p)
 
 
+MANIFEST_COLUMNS = ("uri", "caption", "key")
+
+
+def _parquet_rows(fs, path: str, url: str):
+    """(columns, row iterator) of a Parquet manifest, reading only the
+    ``uri``/``caption``/``key`` columns in batches: a LAION-style part file with
+    many other columns (or embeddings) costs no memory for them."""
+    import pyarrow.parquet as pq
+
+    f = fs.open(path, "rb")
+    pf = pq.ParquetFile(f)
+    cols = list(pf.schema_arrow.names)
+    wanted = [c for c in MANIFEST_COLUMNS if c in cols]
+
+    def rows():
+        try:
+            if "uri" in wanted:
+                for batch in pf.iter_batches(batch_size=65536, columns=wanted):
+                    yield from batch.to_pylist()
+        finally:
+            f.close()
+    return cols, rows()
+
+
 def read_manifest(url: str, storage_options: dict | None = None) -> list[InputRecord]:
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     base = fs.unstrip_protocol(path.rsplit("/", 1)[0]) if "/" in path else fs.unstrip_protocol(".")
     if not fs.exists(path):
         raise JobError(f"manifest {url} does not exist")
-    data = fs.cat_file(path)
     try:
         if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            import pyarrow as pa
-
-            table = pq.read_table(pa.BufferReader(data))
-            cols = table.column_names
-            rows = table.to_pylist()
+            cols, rows = _parquet_rows(fs, path, url)
         else:
-            text = data.decode("utf-8")
+            text = fs.cat_file(path).decode("utf-8")
             if path.endswith(".csv"):
                 reader = csv.DictReader(io.StringIO(text))
                 cols = reader.fieldnames or []
-                rows = list(reader)
+                rows = iter(list(reader))
             else:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-                cols = sorted({k for r in rows for k in r}) if rows else ["uri"]
+                lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+                cols = sorted({k for r in lines for k in r}) if lines else ["uri"]
+                rows = iter(lines)
     except UnicodeDecodeError as e:
         raise JobError(f"manifest {url} is not valid UTF-8 (byte {e.start}): fix the file") from e
     except Exception as e:
@@ -76,18 +94,25 @@ def read_manifest(url: str, storage_options: dict | None = None) -> list[InputRe
     if "uri" not in cols:
         raise JobError(f"manifest {url} has no 'uri' column (columns: {cols})")
     out, seen = [], {}
-    for n, r in enumerate(rows):
-        uri = r.get("uri")
-        if not isinstance(uri, str) or not uri:
-            raise JobError(f"manifest {url} row {n}: empty or non-text uri")
-        cap = r.get("caption")
-        if cap is not None and not isinstance(cap, str):
-            cap = str(cap)
-        key = r.get("key") or uri
-        if key in seen:
-            raise JobError(f"manifest {url}: duplicate key {key!r} (rows {seen[key]} and {n})")
-        seen[key] = n
-        out.append(InputRecord(str(key), _join(base, uri), cap))
+    try:
+        for n, r in enumerate(rows):
+            uri = r.get("uri")
+            if not isinstance(uri, str) or not uri:
+                raise JobError(f"manifest {url} row {n}: empty or non-text uri")
+            cap = r.get("caption")
+            if cap is not None and not isinstance(cap, str):
+                cap = str(cap)
+            key = r.get("key") or uri
+            if key in seen:
+                raise JobError(f"manifest {url}: duplicate key {key!r} (rows {seen[key]} and {n})")
+            seen[key] = n
+            out.append(InputRecord(str(key), _join(base, uri), cap))
+    except JobError:
+        raise
+    except UnicodeDecodeError as e:
+        raise JobError(f"manifest {url} is not valid UTF-8 (byte {e.start}): fix the file") from e
+    except Exception as e:
+        raise JobError(f"manifest {url} cannot be read: {type(e).__name__}: {e}") from e
     return out
 
 

@@ -123,6 +123,8 @@ def cmd_train_codec(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.out is None and not (args.what == "crossdevice" and args.prepare):
+        raise SystemExit("semarc bench: --out is required")
     if args.what == "captions":
         from semarc.bench import captions
 
@@ -153,6 +155,17 @@ def cmd_bench(args) -> int:
         kodak.run(args.out, shared=args.shared, threads=args.threads,
                   baselines=args.baselines.split(",") if args.baselines else None,
                   points=args.points.split(",") if args.points else None)
+        return EXIT_OK
+    if args.what == "crossdevice":
+        from semarc.bench import crossdevice
+
+        if args.prepare:
+            crossdevice.prepare(args.prepare, shared=args.shared)
+        elif args.against:
+            rep = crossdevice.compare(args.inputs, args.against, args.out)
+            print(crossdevice.markdown(rep))
+        else:
+            crossdevice.encode_side(args.inputs, args.device, args.out)
         return EXIT_OK
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
@@ -228,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
-    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline"])
-    b.add_argument("--out", required=True)
+    b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline",
+                                          "crossdevice"])
+    b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare)")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--n-coco", type=int, default=500)
     b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -246,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline: input image side in pixels")
     b.add_argument("--num-cpus", type=int, default=None, help="pipeline: CPUs of the local Ray cluster (default 2)")
+    b.add_argument("--prepare", default=None, metavar="DIR", help="crossdevice: write the shared inputs to DIR")
+    b.add_argument("--inputs", default=None, metavar="DIR", help="crossdevice: the inputs written by --prepare")
+    b.add_argument("--device", default="cuda", help="crossdevice: the device that encodes (default cuda)")
+    b.add_argument("--against", default=None, metavar="DIR",
+                   help="crossdevice: the other side's output; decode and compare here")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")

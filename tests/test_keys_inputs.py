@@ -98,3 +98,37 @@ def test_manifest_invalid_utf8_is_a_job_error(tmp_path):
 def test_missing_src_is_a_job_error(tmp_path):
     with pytest.raises(JobError, match="does not exist"):
         list_inputs(str(tmp_path / "nope"))
+
+
+def test_laion_style_parquet_reads_only_the_manifest_columns(tmp_path):
+    """A LAION-style part file (uri + caption + many other columns, here a
+    512-float embedding per row) is read column-projected and in batches: the
+    reader's peak memory stays far below that of loading the whole table."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, dim = 40_000, 512
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.random.default_rng(0).random(n * dim, dtype=np.float32)), dim)
+    table = pa.table({"uri": [f"s3://laion/part-0/{i:06d}.jpg" for i in range(n)],
+                      "caption": [f"caption number {i}" for i in range(n)],
+                      "similarity": np.linspace(0, 1, n), "width": np.full(n, 256), "embedding": emb})
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(table, path, row_group_size=8192, compression="none")
+    heavy_mb = n * dim * 4 / 2**20  # 78 MB of embeddings
+    code = ("import resource, sys\nfrom semarc.jobs.inputs import list_inputs\nimport pyarrow.parquet as pq\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "if sys.argv[2] == 'semarc':\n    recs = list_inputs(sys.argv[1]); assert len(recs) == 40000, len(recs)\n"
+            "    assert recs[7].uri == 's3://laion/part-0/000007.jpg' and recs[7].caption == 'caption number 7'\n"
+            "else:\n    pq.read_table(sys.argv[1]).to_pylist()\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    grow = {}
+    for how in ("semarc", "full"):
+        r = subprocess.run([sys.executable, "-c", code, str(path), how], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        grow[how] = float(r.stdout.strip().splitlines()[-1])
+    assert grow["full"] > heavy_mb  # the comparison is meaningful: loading everything costs the embeddings
+    assert grow["semarc"] < grow["full"] - 0.8 * heavy_mb, grow

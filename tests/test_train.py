@@ -173,3 +173,37 @@ def test_init_then_export(tmp_path, photos):
     m = image_models.load_checkpoint(out)
     assert m.meta["trained_steps"] == 2 and m.meta["train_config"]["lpips_weight"] == 1.5
     assert "lpips" in m.meta["last_log"]
+
+
+def test_lr_drop_step_and_time_schedule(tmp_path, photos):
+    """--lr-drop-step K drops the rate tenfold from step K; --drop-after-minutes
+    drops it by time and logs the step, so --lr-drop-step reproduces the run."""
+    train.train(_args(tmp_path / "k", photos, "--steps", "4", "--lr-drop-step", "2"))
+    st = _state(tmp_path / "k")
+    assert st["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    train.train(_args(tmp_path / "early", photos, "--steps", "4", "--lr-drop-step", "9"))
+    assert _state(tmp_path / "early")["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    train.train(_args(tmp_path / "t", photos, "--steps", "4", "--drop-after-minutes", "0"))
+    log = [json.loads(line) for line in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    assert log[0] == {"step": 0, "lr_drop_step": 0}
+    train.train(_args(tmp_path / "r", photos, "--steps", "4", "--lr-drop-step", "0"))
+    _assert_same_state(_state(tmp_path / "t"), _state(tmp_path / "r"))
+    out = tmp_path / "t.pt"
+    train.export(tmp_path / "t", str(out), argparse.Namespace(command_line="test"))
+    meta = image_models.load_checkpoint(out).meta
+    assert meta["lr_drop_step"] == 0 and meta["last_log"]["step"] == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_on_cuda_then_export_loads_on_cpu(tmp_path, photos):
+    """--device cuda trains on the GPU; its state and export load on the CPU."""
+    run = tmp_path / "gpu"
+    train.train(_args(run, photos, "--steps", "4", "--device", "cuda"))
+    st = _state(run)
+    assert st["step"] == 4 and st["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    train.train(_args(run, photos, "--steps", "6", "--device", "cuda"))  # resumes on the GPU
+    assert _state(run)["step"] == 6
+    out = tmp_path / "gpu.pt"
+    train.export(run, str(out), argparse.Namespace(command_line="test"))
+    assert image_models.load_checkpoint(out).meta["trained_steps"] == 6
