@@ -15,6 +15,10 @@ to a local folder. For each size, in the same run:
 * ``throughput``: inputs / wall time of the whole ``semarc encode`` command
   (a fresh local Ray cluster started and stopped by it);
 * ``overhead`` = 1 - throughput / stage_bound;
+* ``marginal`` (two sizes or more): the steady-state throughput, (largest -
+  smallest inputs) / (their wall-time difference), its overhead against the
+  largest run's stage bound, and the implied fixed cost of a job (Ray start,
+  loading the models into the actors, the last shard's tail);
 * ``peak_rss_mb``: the peak resident memory (``VmHWM``) of the driver and of the
   largest Ray worker process, read from /proc while the job runs.
 
@@ -182,8 +186,15 @@ def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, i
         result["runs"].append(rec)
         print(json.dumps(rec), file=sys.stderr, flush=True)
     if len(result["runs"]) >= 2:
-        a, b = result["runs"][0]["peak_rss_mb"], result["runs"][-1]["peak_rss_mb"]
+        first, last = result["runs"][0], result["runs"][-1]
+        a, b = first["peak_rss_mb"], last["peak_rss_mb"]
         result["memory_growth"] = {k: round(b[k] / a[k] - 1, 3) if a[k] else None for k in a}
+        # steady state: the extra inputs over the extra wall time (start-up, model loading and the
+        # last shard's tail cancel out), against the larger run's stage bound
+        marginal = (last["inputs"] - first["inputs"]) / (last["wall_s"] - first["wall_s"])
+        result["marginal"] = {"throughput": round(marginal, 2),
+                              "overhead": round(1 - marginal / last["stage_bound"], 3),
+                              "fixed_cost_s": round(first["wall_s"] - first["inputs"] / marginal, 1)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -197,5 +208,9 @@ def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, i
                      f"{r['wall_s']} |")
     if "memory_growth" in result:
         lines += ["", f"Peak memory growth from the smallest to the largest run: {json.dumps(result['memory_growth'])}."]
+        m = result["marginal"]
+        lines += ["", f"Steady state (extra inputs / extra wall time between the smallest and largest run): "
+                      f"{m['throughput']} img/s, overhead {m['overhead']:.1%} against the largest run's stage bound; "
+                      f"fixed cost (Ray start, actor and model loading, last shard) about {m['fixed_cost_s']} s."]
     (out / "pipeline.md").write_text("\n".join(lines) + "\n")
     return result

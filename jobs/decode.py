@@ -4,7 +4,9 @@ Writes ``DST/images/<key>.<fmt>`` (key folders kept, made path-safe) and
 ``DST/captions.jsonl`` (one ``{"key", "caption"}`` per decoded record, in
 shard order). Per shard, the images are written first, then
 ``DST/_parts/part-NNNNN.jsonl`` (published atomically) marks the shard done, so a
-rerun skips finished shards. Records that cannot be decoded exactly are listed
+rerun skips finished shards. Shards stream through the actor pools with a
+window of twice the larger pool in flight (backpressure: memory is bounded by
+the window, not by the number of shards). Records that cannot be decoded exactly are listed
 in ``DST/errors.jsonl`` and make the exit status non-zero.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import fsspec
@@ -101,26 +104,35 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
             cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
                                              opts.codec or img_desc["codec"], opts.threads_per_actor,
                                              opts.storage_options)
-            for path in pending:
+            cb, ib = specs["caption"].batch_size, specs["image"].batch_size
+            window = 2 * max(len(cap_pool.actors), len(img_pool.actors))  # shards in flight: backpressure
+            queue, inflight = deque(pending), deque()
+
+            def submit(path: str) -> None:
                 table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
                 shard_profiles = json.loads(meta["semarc.profiles"])
                 rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
                 ok = [r for r in rows if r["status"] == "ok"]
-                cb, ib = specs["caption"].batch_size, specs["image"].batch_size
                 img_calls = submit_batches(img_pool, "decode_to",
                                            [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"]) for r in ok],
                                            ib, shard_profiles, dst, opts.fmt)
                 cap_calls = submit_batches(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
-                imgs = gather(img_pool, img_calls, len(ok),
+                inflight.append((path, [r["key"] for r in ok], img_calls, cap_calls))
+
+            while queue or inflight:
+                while queue and len(inflight) < window:
+                    submit(queue.popleft())
+                path, ok_keys, img_calls, cap_calls = inflight.popleft()
+                imgs = gather(img_pool, img_calls, len(ok_keys),
                               lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g)))
-                caps = gather(cap_pool, cap_calls, len(ok))
+                caps = gather(cap_pool, cap_calls, len(ok_keys))
                 lines, errs = [], []
-                for r, im, cap in zip(ok, imgs, caps):
+                for key, im, cap in zip(ok_keys, imgs, caps):
                     e = [x["error"] for x in (im, cap) if "error" in x]
                     if e:
-                        errs.append({"key": r["key"], "error": "; ".join(e)})
+                        errs.append({"key": key, "error": "; ".join(e)})
                     else:
-                        lines.append({"key": r["key"], "caption": cap["caption"]})
+                        lines.append({"key": key, "caption": cap["caption"]})
                 name = path.rsplit("/", 1)[-1].replace(".parquet", "")
                 body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
                 ebody = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs)
