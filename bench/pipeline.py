@@ -8,8 +8,9 @@ to a local folder. For each size, in the same run:
 * ``stage_bound``: each stage's isolated per-input cost, measured in this
   process on a sample of the same inputs with one torch thread (image stage:
   read the file, decode it, code it in batches of the job's image batch;
-  caption stage: code the captions in batches of the job's caption batch,
-  per input, i.e. times the share of inputs with a caption), turned into
+  caption stage: code two or more whole batches of the job's caption batch
+  size, as the job sends them, per input, i.e. times the share of inputs with
+  a caption), turned into
   images/s with the job's pool sizes (``cluster.ray_cluster.size_pools``);
   the slowest stage bounds the job;
 * ``throughput``: inputs / wall time of the whole ``semarc encode`` command
@@ -31,6 +32,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -82,7 +84,9 @@ def _stage_costs(d: Path, rows: list[dict], image_batch: int, caption_batch: int
         arrs = [read_image((d / r["uri"]).read_bytes()) for r in sub[b:b + image_batch]]
         img.encode_batch(arrs)
     per_image = (time.time() - t) / len(sub)
-    caps = [r["caption"] for r in rows[:4 * sample] if "caption" in r][:sample]
+    # whole batches of captions, as the job sends them (a shard of 256 holds 64 captions)
+    n_caps = max(caption_batch, (sample // caption_batch) * caption_batch) * 2
+    caps = [r["caption"] for r in rows if "caption" in r][:n_caps]
     cap.encode_batch(caps[:4])  # warm
     t = time.time()
     for b in range(0, len(caps), caption_batch):
@@ -122,6 +126,7 @@ def _tree(pid: int) -> list[int]:
 
 def _run_job(d: Path, n: int, num_cpus: int, image_batch: int) -> dict:
     out = d / f"out-{n}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh job each run: a finished one would only be skipped
     cmd = [sys.executable, "-m", "semarc.cli", "encode", str(d / f"manifest-{n}.jsonl"), str(out), "--shard-size",
            "256", "--num-cpus", str(num_cpus), "--image-batch", str(image_batch), "--no-progress"]
     env = dict(os.environ)
@@ -151,6 +156,8 @@ def _run_job(d: Path, n: int, num_cpus: int, image_batch: int) -> dict:
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"encode of {n} inputs failed ({proc.returncode}): {se[-2000:]}")
+    if "(0 already done)" not in so:
+        raise SystemExit(f"encode of {n} inputs skipped finished shards; the timing would be meaningless: {so[-500:]}")
     return {"wall_s": wall, "driver_peak_rss_mb": peaks["driver"] / 1024, "worker_peak_rss_mb": peaks["worker"] / 1024,
             "stdout": so.strip().splitlines()[-1:]}
 

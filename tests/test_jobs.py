@@ -193,3 +193,27 @@ def test_decode_a_list_of_keys_as_webp(job):
     assert got == ["chelsea", "coffee"]
     assert sorted(p.name for p in (dec / "images").iterdir()) == ["chelsea.webp", "coffee.webp"]
     assert Image.open(dec / "images" / "coffee.webp").format == "WEBP"
+
+
+def test_caption_coders_get_whole_batches_of_captions():
+    """A shard where one record in four has a caption sends the caption pool
+    full batches of captions, not batches of records (regression: 16 captions
+    per call of 64 ran the float64 coder at a quarter of its batch size)."""
+    from semarc.jobs.encode import captioned
+    from semarc.workers.pool import submit_batches
+
+    texts = [f"caption {i}" if i % 4 == 0 else None for i in range(256)]
+    idx, present = captioned(texts)
+    assert idx == list(range(0, 256, 4)) and present == [texts[i] for i in idx]
+
+    class Pool:  # records the batches submit_batches hands to the actors
+        def __init__(self):
+            self.batches = []
+
+        def submit(self, method, items, *extra):
+            self.batches.append(items)
+            return None, 0
+
+    pool = Pool()
+    submit_batches(pool, "encode", present, 64)
+    assert [len(b) for b in pool.batches] == [64]
