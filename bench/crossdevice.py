@@ -115,7 +115,8 @@ def encode_side(inputs: str, device: str, out: str, points: list[str] | None = N
     from semarc.codec.image import ImageCoder
 
     texts, lm_path, images = _inputs(inputs)
-    res: dict = {"info": _device_info(device), "captions": {}, "images": {}}
+    res: dict = {"info": _device_info(device), "captions": {"fingerprint": None, "runs": {}}, "images": {}}
+    runs = res["captions"]["runs"]
     # captions: batch sizes 1, 7, 64 on the device; 64 on this machine's CPU too
     sides = [(device, (64, 7, 1))] + ([("cpu", (64,))] if device != "cpu" else [])
     for dev, batches in sides:
@@ -124,13 +125,12 @@ def encode_side(inputs: str, device: str, out: str, points: list[str] | None = N
             coder.batch_size = b
             t0 = time.perf_counter()
             coded = coder.encode_batch(texts)
-            res["captions"][f"{dev}/batch{b}"] = {
+            runs[f"{dev}/batch{b}"] = {
                 "payloads": [c.payload.hex() for c in coded], "modes": [c.mode for c in coded],
                 "encode_s": round(time.perf_counter() - t0, 3)}
         coder.batch_size = 64
-        back = coder.decode_batch([bytes.fromhex(h) for h in res["captions"][f"{dev}/batch64"]["payloads"]],
-                                  errors="return")
-        res["captions"][f"{dev}/batch64"]["decoded_ok"] = sum(b == t for b, t in zip(back, texts))
+        back = coder.decode_batch([bytes.fromhex(h) for h in runs[f"{dev}/batch64"]["payloads"]], errors="return")
+        runs[f"{dev}/batch64"]["decoded_ok"] = sum(b == t for b, t in zip(back, texts))
         res["captions"]["fingerprint"] = coder.describe()["fingerprint"]
     decoded: dict[str, np.ndarray] = {}
     arrays = [a for _, a in images]
@@ -157,7 +157,7 @@ def encode_side(inputs: str, device: str, out: str, points: list[str] | None = N
     return res
 
 
-def compare(inputs: str, against: str, out: str, points: list[str] | None = None) -> dict:
+def compare(inputs: str, against: str, out: str) -> dict:
     """Step 3: decode the other side's bitstreams here and compare with this side."""
     from semarc.codec.image import ImageCoder
 
@@ -170,11 +170,9 @@ def compare(inputs: str, against: str, out: str, points: list[str] | None = None
     if coder.describe()["fingerprint"] != other["captions"]["fingerprint"]:
         raise SystemExit("the caption coder's fingerprint differs between the two sides (different inputs?)")
     mine = [c.payload.hex() for c in coder.encode_batch(texts)]
-    cap = {"n": len(texts), "lm_captions": sum(m == "lm" for m in other["captions"][next(
-        k for k in other["captions"] if k.endswith("batch64"))]["modes"])}
-    for key, v in other["captions"].items():
-        if key == "fingerprint":
-            continue
+    runs = other["captions"]["runs"]
+    cap = {"n": len(texts), "lm_captions": sum(m == "lm" for m in next(iter(runs.values()))["modes"])}
+    for key, v in runs.items():
         back = coder.decode_batch([bytes.fromhex(h) for h in v["payloads"]], errors="return")
         cap[key] = {"bytes_identical_to_here": sum(a == b for a, b in zip(v["payloads"], mine)),
                     "decoded_here_exactly": sum(b == t for b, t in zip(back, texts)),

@@ -8,7 +8,7 @@ to a local folder. For each size, in the same run:
 * ``stage_bound``: each stage's isolated per-input cost, measured in this
   process on a sample of the same inputs with one torch thread (image stage:
   read the file, decode it, code it in batches of the job's image batch;
-  caption stage: code two or more whole batches of the job's caption batch
+  caption stage: code two whole batches of the job's caption batch
   size, as the job sends them, per input, i.e. times the share of inputs with
   a caption), turned into
   images/s with the job's pool sizes (``cluster.ray_cluster.size_pools``);
@@ -84,9 +84,8 @@ def _stage_costs(d: Path, rows: list[dict], image_batch: int, caption_batch: int
         arrs = [read_image((d / r["uri"]).read_bytes()) for r in sub[b:b + image_batch]]
         img.encode_batch(arrs)
     per_image = (time.time() - t) / len(sub)
-    # whole batches of captions, as the job sends them (a shard of 256 holds 64 captions)
-    n_caps = max(caption_batch, (sample // caption_batch) * caption_batch) * 2
-    caps = [r["caption"] for r in rows if "caption" in r][:n_caps]
+    # two whole batches of captions, as the job sends them
+    caps = [r["caption"] for r in rows if "caption" in r][:2 * caption_batch]
     cap.encode_batch(caps[:4])  # warm
     t = time.time()
     for b in range(0, len(caps), caption_batch):

@@ -127,7 +127,7 @@ def train(args) -> dict:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    device = torch.device(getattr(args, "device", "cpu") or "cpu")
+    device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -179,10 +179,8 @@ def train(args) -> dict:
     t0, acc = time.time(), []
     started = time.time()
     deadline = started + args.max_minutes * 60 if args.max_minutes else None
-    drop_at = getattr(args, "lr_drop_step", None)
-    if drop_at is None:
-        drop_at = int(0.9 * args.steps)
-    drop_minutes = getattr(args, "drop_after_minutes", None)
+    drop_at = int(0.9 * args.steps) if args.lr_drop_step is None else args.lr_drop_step
+    drop_minutes = args.drop_after_minutes
     while step < args.steps:
         if drop_minutes is not None and step < drop_at and time.time() - started >= drop_minutes * 60:
             drop_at = step

@@ -94,7 +94,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            from ..workers.pool import codec_pools, gather, submit_batches
+            from ..workers.pool import codec_pools, gather, gather_sparse, submit_batches, submit_sparse
 
             res = ray.cluster_resources()
             specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
@@ -116,7 +116,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
                 img_calls = submit_batches(img_pool, "decode_to",
                                            [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"]) for r in ok],
                                            ib, shard_profiles, dst, opts.fmt)
-                cap_calls = submit_batches(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
+                cap_calls = submit_sparse(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
                 inflight.append((path, [r["key"] for r in ok], img_calls, cap_calls))
 
             while queue or inflight:
@@ -125,7 +125,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
                 path, ok_keys, img_calls, cap_calls = inflight.popleft()
                 imgs = gather(img_pool, img_calls, len(ok_keys),
                               lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g)))
-                caps = gather(cap_pool, cap_calls, len(ok_keys))
+                caps = gather_sparse(cap_pool, cap_calls, len(ok_keys), fill={"caption": None})
                 lines, errs = [], []
                 for key, im, cap in zip(ok_keys, imgs, caps):
                     e = [x["error"] for x in (im, cap) if "error" in x]

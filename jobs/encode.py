@@ -125,19 +125,10 @@ def _row(rec, cap, img, source: str | None = None) -> dict:
     return row
 
 
-def captioned(texts: list) -> tuple[list[int], list]:
-    """(positions, captions) of the records that have a caption. Only these go to
-    the caption coders, so every call carries a full batch of captions rather
-    than a batch of records, most of them without one (the float64 coder's cost
-    per caption falls with its batch size)."""
-    idx = [j for j, t in enumerate(texts) if t is not None]
-    return idx, [texts[j] for j in idx]
-
-
 def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], opts: EncodeOptions,
                    dst: str) -> None:
     """Encode and publish the pending shards, a window of shards in flight."""
-    from ..workers.pool import captioner_pool, codec_pools, gather, submit_batches
+    from ..workers.pool import captioner_pool, codec_pools, gather, gather_sparse, submit_batches, submit_sparse
 
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
@@ -178,24 +169,15 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     queue = deque(pending)
     inflight: deque = deque()
 
-    def submit_captions(texts: list):
-        idx, present = captioned(texts)
-        return idx, submit_batches(cap_pool, "encode", present, specs["caption"].batch_size)
-
-    def gather_captions(n: int, idx_calls) -> list:
-        idx, calls = idx_calls
-        out: list = [None] * n
-        for j, got in zip(idx, gather(cap_pool, calls, len(idx))):
-            out[j] = got
-        return out
-
     def submit(i: int):
         recs = plan.shards[i]
         gen = [j for j, r in enumerate(recs) if r.caption is None] if cpt_pool is not None else []
         cpt_calls = submit_batches(cpt_pool, "caption", [recs[j].uri for j in gen],
                                    specs["captioner"].batch_size) if gen else []
         # caption coding waits for the generated captions; without any it starts now
-        cap_calls = None if gen else submit_captions([r.caption for r in recs])
+        # only the records with a caption go to the caption coders: full batches of captions
+        cap_calls = None if gen else submit_sparse(cap_pool, "encode", [r.caption for r in recs],
+                                                   specs["caption"].batch_size)
         img_calls = submit_batches(img_pool, "encode", [r.uri for r in recs], specs["image"].batch_size)
         inflight.append((i, gen, cpt_calls, cap_calls, img_calls))
 
@@ -219,9 +201,9 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                     texts[j], sources[j] = g["caption"], "generated"
                 else:
                     gen_errors[j] = g
-            cap_calls = submit_captions(texts)
+            cap_calls = submit_sparse(cap_pool, "encode", texts, specs["caption"].batch_size)
         imgs = gather(img_pool, img_calls, len(recs), count)
-        caps = gather_captions(len(recs), cap_calls)
+        caps = gather_sparse(cap_pool, cap_calls, len(recs))
         for j, e in gen_errors.items():
             caps[j] = e
         rows = [_row(r, c, m, s) for r, c, m, s in zip(recs, caps, imgs, sources)]

@@ -48,25 +48,23 @@ def _hidden(rel: str) -> bool:
 MANIFEST_COLUMNS = ("uri", "caption", "key")
 
 
-def _parquet_rows(fs, path: str, url: str):
-    """(columns, row iterator) of a Parquet manifest, reading only the
-    ``uri``/``caption``/``key`` columns in batches: a LAION-style part file with
-    many other columns (or embeddings) costs no memory for them."""
-    import pyarrow.parquet as pq
+def _manifest_rows(f, path: str) -> tuple[list[str], object]:
+    """(columns, row iterator) of an open manifest file. Parquet is read
+    column-projected (``uri``/``caption``/``key``) and in batches: a LAION-style
+    part file's other columns (or embeddings) cost no memory."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
 
-    f = fs.open(path, "rb")
-    pf = pq.ParquetFile(f)
-    cols = list(pf.schema_arrow.names)
-    wanted = [c for c in MANIFEST_COLUMNS if c in cols]
-
-    def rows():
-        try:
-            if "uri" in wanted:
-                for batch in pf.iter_batches(batch_size=65536, columns=wanted):
-                    yield from batch.to_pylist()
-        finally:
-            f.close()
-    return cols, rows()
+        pf = pq.ParquetFile(f)
+        cols = list(pf.schema_arrow.names)
+        wanted = [c for c in MANIFEST_COLUMNS if c in cols]
+        return cols, (r for batch in pf.iter_batches(batch_size=65536, columns=wanted) for r in batch.to_pylist())
+    text = f.read().decode("utf-8")
+    if path.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        return list(reader.fieldnames or []), reader
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return (sorted({k for r in lines for k in r}) if lines else ["uri"]), lines
 
 
 def read_manifest(url: str, storage_options: dict | None = None) -> list[InputRecord]:
@@ -74,39 +72,24 @@ def read_manifest(url: str, storage_options: dict | None = None) -> list[InputRe
     base = fs.unstrip_protocol(path.rsplit("/", 1)[0]) if "/" in path else fs.unstrip_protocol(".")
     if not fs.exists(path):
         raise JobError(f"manifest {url} does not exist")
-    try:
-        if path.endswith(".parquet"):
-            cols, rows = _parquet_rows(fs, path, url)
-        else:
-            text = fs.cat_file(path).decode("utf-8")
-            if path.endswith(".csv"):
-                reader = csv.DictReader(io.StringIO(text))
-                cols = reader.fieldnames or []
-                rows = iter(list(reader))
-            else:
-                lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-                cols = sorted({k for r in lines for k in r}) if lines else ["uri"]
-                rows = iter(lines)
-    except UnicodeDecodeError as e:
-        raise JobError(f"manifest {url} is not valid UTF-8 (byte {e.start}): fix the file") from e
-    except Exception as e:
-        raise JobError(f"manifest {url} cannot be read: {type(e).__name__}: {e}") from e
-    if "uri" not in cols:
-        raise JobError(f"manifest {url} has no 'uri' column (columns: {cols})")
     out, seen = [], {}
     try:
-        for n, r in enumerate(rows):
-            uri = r.get("uri")
-            if not isinstance(uri, str) or not uri:
-                raise JobError(f"manifest {url} row {n}: empty or non-text uri")
-            cap = r.get("caption")
-            if cap is not None and not isinstance(cap, str):
-                cap = str(cap)
-            key = r.get("key") or uri
-            if key in seen:
-                raise JobError(f"manifest {url}: duplicate key {key!r} (rows {seen[key]} and {n})")
-            seen[key] = n
-            out.append(InputRecord(str(key), _join(base, uri), cap))
+        with fs.open(path, "rb") as f:
+            cols, rows = _manifest_rows(f, path)
+            if "uri" not in cols:
+                raise JobError(f"manifest {url} has no 'uri' column (columns: {cols})")
+            for n, r in enumerate(rows):
+                uri = r.get("uri")
+                if not isinstance(uri, str) or not uri:
+                    raise JobError(f"manifest {url} row {n}: empty or non-text uri")
+                cap = r.get("caption")
+                if cap is not None and not isinstance(cap, str):
+                    cap = str(cap)
+                key = r.get("key") or uri
+                if key in seen:
+                    raise JobError(f"manifest {url}: duplicate key {key!r} (rows {seen[key]} and {n})")
+                seen[key] = n
+                out.append(InputRecord(str(key), _join(base, uri), cap))
     except JobError:
         raise
     except UnicodeDecodeError as e:

@@ -8,13 +8,11 @@
 # (lr drop after D2) from the exported MSE point. Outputs under $OUT.
 set -u
 T1=${T1:-4.5}; D1=${D1:-3.8}; T2=${T2:-2.0}; D2=${D2:-1.7}; DEV=${DEV:-cuda}; PY=${PY:-python3}
-[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg/semarc && cp semarc/*.py /tmp/pkg/semarc/
-for d in codec workers jobs cluster bench; do ln -sfn "$PWD/$d" /tmp/pkg/semarc/$d; done
-export PYTHONPATH=/tmp/pkg:/tmp/site SEMARC_CACHE=$PWD/.dev/cache PYTHONUNBUFFERED=1
+. scripts/gpu_env.sh
+export SEMARC_CACHE=$PWD/.dev/cache
 [ "$DEV" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, compressai, transformers, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'compressai', compressai.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__)" || exit 1
-S="$PY -m semarc.cli"
+S="$PY -P -m semarc.cli"
 R=${R:-/tmp/runs}; mkdir -p $R $OUT
 point() {  # name mse_lambda ft_lambda lpips_weight
   local c="--N 128 --M 192 --batch 8 --crop 256 --device $DEV --threads 2 --steps 1000000 --log-every 100 --save-every 2000"
@@ -29,7 +27,7 @@ point g10b 0.0012 0.0005 0.5 &
 $S bench crossdevice --inputs .dev/xin --device $DEV --out $OUT/xside > $R/crossdevice.out 2>&1; echo "crossdevice rc=$?"; tail -n 3 $R/crossdevice.out
 sleep 45; grep -h steps_per_s $R/*-mse.out | tail -n 4
 wait
-$PY - <<PY | tee $R/eval.jsonl
+$PY -P - <<PY | tee $R/eval.jsonl
 import glob, json, numpy as np
 from semarc.codec.image import ImageCoder
 from semarc.codec.imageio import read_image

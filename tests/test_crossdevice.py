@@ -38,7 +38,7 @@ def _check(rep: dict, same_device: bool) -> None:
 
 def test_cpu_to_cpu(inputs, tmp_path):
     side = crossdevice.encode_side(str(inputs), "cpu", str(tmp_path / "side"), points=["semarc-f1"])
-    assert "cpu/batch1" in side["captions"] and "cpu/batch7" in side["captions"]
+    assert "cpu/batch1" in side["captions"]["runs"] and "cpu/batch7" in side["captions"]["runs"]
     rep = crossdevice.compare(str(inputs), str(tmp_path / "side"), str(tmp_path / "cmp"))
     _check(rep, same_device=True)
     assert json.loads((tmp_path / "cmp" / "crossdevice.json").read_text()) == rep

@@ -199,21 +199,31 @@ def test_caption_coders_get_whole_batches_of_captions():
     """A shard where one record in four has a caption sends the caption pool
     full batches of captions, not batches of records (regression: 16 captions
     per call of 64 ran the float64 coder at a quarter of its batch size)."""
-    from semarc.jobs.encode import captioned
-    from semarc.workers.pool import submit_batches
+    from semarc.workers.pool import gather_sparse, submit_sparse
 
     texts = [f"caption {i}" if i % 4 == 0 else None for i in range(256)]
-    idx, present = captioned(texts)
-    assert idx == list(range(0, 256, 4)) and present == [texts[i] for i in idx]
 
-    class Pool:  # records the batches submit_batches hands to the actors
+    class Pool:  # records the batches handed to the actors; "results" are the items themselves
         def __init__(self):
             self.batches = []
 
         def submit(self, method, items, *extra):
             self.batches.append(items)
-            return None, 0
+            return items, 0
+
+        def done(self, i):
+            pass
 
     pool = Pool()
-    submit_batches(pool, "encode", present, 64)
+    idx, calls = submit_sparse(pool, "encode", texts, 64)
+    present = [texts[i] for i in idx]
+    assert idx == list(range(0, 256, 4)) and present == [t for t in texts if t is not None]
     assert [len(b) for b in pool.batches] == [64]
+    import ray
+
+    real_get, ray.get = ray.get, (lambda ref: ref)
+    try:
+        back = gather_sparse(pool, (idx, calls), len(texts), fill="none")
+    finally:
+        ray.get = real_get
+    assert back == [t if t is not None else "none" for t in texts]

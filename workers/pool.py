@@ -70,6 +70,24 @@ def submit_batches(pool: ActorPool, method: str, items: list, batch: int, *extra
     return [(b, pool.submit(method, items[b:b + batch], *extra)) for b in range(0, len(items), batch)]
 
 
+def submit_sparse(pool: ActorPool, method: str, items: list, batch: int, *extra) -> tuple[list[int], list]:
+    """``submit_batches`` for items where None means "nothing to do" (a record
+    without a caption): only the others are sent, so every call carries a full
+    batch of real work. Returns (their positions, the calls) for ``gather_sparse``."""
+    idx = [j for j, x in enumerate(items) if x is not None]
+    return idx, submit_batches(pool, method, [items[j] for j in idx], batch, *extra)
+
+
+def gather_sparse(pool: ActorPool, sparse_calls: tuple[list[int], list], n: int, fill=None, **kw) -> list:
+    """The results of ``submit_sparse`` in input order (length ``n``); ``fill``
+    stands for each item that was not sent."""
+    idx, calls = sparse_calls
+    out: list = [fill] * n
+    for j, got in zip(idx, gather(pool, calls, len(idx), **kw)):
+        out[j] = got
+    return out
+
+
 def gather(pool: ActorPool, calls: list, n: int, on_batch=None, on_error=None) -> list:
     """The results of ``submit_batches`` calls, in input order (length ``n``).
     With ``on_error``, a call that failed (its actor died past its retries)
