@@ -64,7 +64,7 @@ def _hash_state_dict(model: torch.nn.Module) -> str:
         t = t.detach().to("cpu", torch.float32).contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
+        h.update(memoryview(t.numpy()).cast("B"))  # the same bytes as .tobytes(), without the copy
     return h.hexdigest()
 
 
@@ -134,6 +134,19 @@ def _gguf_cache_dir(source: ModelSource) -> str:
     return os.path.join(root, "lm", key)
 
 
+def _no_init():
+    """transformers' context that skips weight initialisation (5.x: ``initialization``;
+    4.x: ``modeling_utils``); a no-op context where neither has it."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _load_gguf_cached(source: ModelSource):
     """Load a GGUF model, de-quantised once and cached as safetensors (GGUF
     de-quantisation takes ~15 s per process; the cached float32 weights are
@@ -147,8 +160,9 @@ def _load_gguf_cached(source: ModelSource):
     cache = _gguf_cache_dir(source)
     if os.path.exists(os.path.join(cache, "COMPLETE")):
         tok = AutoTokenizer.from_pretrained(cache)
-        net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=torch.float32,
-                                               attn_implementation="sdpa")
+        with _no_init():  # every weight comes from the cache: skip the random initialisation (~1 s)
+            net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=torch.float32,
+                                                   attn_implementation="sdpa")
         missing, unexpected = net.load_state_dict(load_file(os.path.join(cache, "model.safetensors")), strict=False)
         if unexpected or any(k != "lm_head.weight" for k in missing):
             raise RuntimeError(f"damaged model cache {cache}: delete it")

@@ -13,6 +13,8 @@ in ``DST/errors.jsonl`` and make the exit status non-zero.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from .encode import EXIT_ERROR_ROWS, EXIT_OK
 from .inputs import JobError
 from .keys import safe_relpath
 from .progress import Progress
-from .shards import FORMAT, list_shards, publish, read_metadata, read_shard
+from .shards import FORMAT, list_shards, publish, publish_file, read_metadata, read_shard
 
 
 @dataclass
@@ -141,25 +143,31 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
                 publish(dfs, f"{droot}/_parts/{name}.jsonl", body.encode())
             progress.close()
 
-    # commit: concatenate the parts in shard order
-    cap_lines, err_lines = [], []
-    for path in paths:
-        name = path.rsplit("/", 1)[-1].replace(".parquet", "")
-        cap_lines.append(dfs.cat_file(f"{droot}/_parts/{name}.jsonl").decode())
-        if dfs.exists(f"{droot}/_parts/{name}.errors.jsonl"):
-            err_lines.append(dfs.cat_file(f"{droot}/_parts/{name}.errors.jsonl").decode())
-    captions = "".join(cap_lines)
-    errors = "".join(err_lines)
-    report.decoded = sum(1 for line in captions.splitlines() if line.strip())
-    report.errors = sum(1 for line in errors.splitlines() if line.strip())
-    report.records = report.decoded + report.errors
-    if keys is None:
-        report.skipped_error_rows = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["errors"] for p in paths)
-    publish(dfs, f"{droot}/captions.jsonl", captions.encode())
-    if errors:
-        publish(dfs, f"{droot}/errors.jsonl", errors.encode())
-        for line in errors.splitlines()[:20]:
-            print(f"semarc decode: ERROR {line}", flush=True)
+    # commit: concatenate the parts in shard order, streamed through local spool files
+    # (a job of millions of records never holds its captions in memory)
+    with tempfile.TemporaryDirectory(prefix="semarc-decode-") as tmp:
+        cap_path, err_path = os.path.join(tmp, "captions.jsonl"), os.path.join(tmp, "errors.jsonl")
+        first_errors: list[str] = []
+        with open(cap_path, "wb") as cf, open(err_path, "wb") as ef:
+            for path in paths:
+                name = path.rsplit("/", 1)[-1].replace(".parquet", "")
+                body = dfs.cat_file(f"{droot}/_parts/{name}.jsonl")
+                report.decoded += body.count(b"\n")
+                cf.write(body)
+                if dfs.exists(f"{droot}/_parts/{name}.errors.jsonl"):
+                    ebody = dfs.cat_file(f"{droot}/_parts/{name}.errors.jsonl")
+                    report.errors += ebody.count(b"\n")
+                    ef.write(ebody)
+                    first_errors += ebody.decode().splitlines()[:20 - len(first_errors)]
+        report.records = report.decoded + report.errors
+        if keys is None:
+            report.skipped_error_rows = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["errors"]
+                                            for p in paths)
+        publish_file(dfs, f"{droot}/captions.jsonl", cap_path)
+        if report.errors:
+            publish_file(dfs, f"{droot}/errors.jsonl", err_path)
+            for line in first_errors:
+                print(f"semarc decode: ERROR {line}", flush=True)
     report.seconds = time.time() - t0
     publish(dfs, f"{droot}/_SUCCESS", json.dumps({"decoded": report.decoded, "errors": report.errors,
                                                   "shards": report.shards}).encode())

@@ -22,7 +22,7 @@ from ..codec import image_models
 from ..codec import lm as lm_mod
 from ..codec import record
 from . import plan as plan_mod
-from .inputs import JobError, list_inputs
+from .inputs import JobError, iter_inputs
 from .progress import Progress
 from .shards import FORMAT, list_shards, publish, read_metadata, shard_name, shard_stats, write_shard
 
@@ -95,16 +95,18 @@ class JobReport:
         return EXIT_ERROR_ROWS if self.errors else EXIT_OK
 
 
-def _shard_done(fs, root: str, plan: plan_mod.Plan, i: int) -> bool:
+def _shard_done(fs, root: str, plan: plan_mod.Plan, i: int, published: set[str] | None = None) -> bool:
+    """Shard ``i`` is published, this job's, with the planned number of rows.
+    ``published``: the shard file names listed once (else one lookup each)."""
     path = f"{root}/{shard_name(i)}.parquet"
-    if not fs.exists(path):
+    if not (f"{shard_name(i)}.parquet" in published if published is not None else fs.exists(path)):
         return False
     try:
         kv, n = read_metadata(fs, path)
         job = json.loads(kv.get("semarc.job", "{}"))
     except Exception:
         return False  # unreadable: pending; write_shard then refuses to replace it and says so
-    return job.get("job_id") == plan.job_id and n == len(plan.shards[i])
+    return job.get("job_id") == plan.job_id and n == plan.shard_len(i)
 
 
 def _row(rec, cap, img, source: str | None = None) -> dict:
@@ -141,7 +143,7 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
 
         caption_model = export_text_lm(opts.captioner)
     cpt_pool = None
-    if opts.captioner and any(r.caption is None for i in pending for r in plan.shards[i]):
+    if opts.captioner and any(r.caption is None for i in pending for r in plan.records(i)):
         # started first: the largest model loads while the coders load
         cpt_pool = captioner_pool(specs["captioner"], opts.captioner_config().to_dict(), opts.threads_per_actor,
                                   opts.storage_options)
@@ -155,22 +157,22 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
             raise JobError(f"the captioner {opts.captioner!r} ({opts.captioner_backend}) cannot load: "
                            f"{why[0].strip()}") from e
     profiles = record.profile_table(cap_pool.first("describe"), img_pool.first("describe"))
-    if plan.profiles is None:
+    if plan.profiles is None:  # the job starts work: from here on it exists in DST
         plan.profiles = profiles
-        plan_mod.save(fs, root, plan)
+        plan_mod.publish_plan(fs, root, plan)
     elif {k: v["fingerprint"] for k, v in plan.profiles.items()} != \
             {k: v["fingerprint"] for k, v in profiles.items()}:
         raise JobError(f"{dst} was written with other models or coding profiles; "
                        f"use the same ones (see {dst}/_job.json) or a new DST")
     pending_set = set(pending)
     progress = Progress(plan.n_records, enabled=opts.progress,
-                        done=sum(len(s) for i, s in enumerate(plan.shards) if i not in pending_set))
+                        done=sum(plan.shard_len(i) for i in range(plan.n_shards) if i not in pending_set))
     window = 2 * max(len(cap_pool.actors), len(img_pool.actors), len(cpt_pool.actors) if cpt_pool else 0)
     queue = deque(pending)
     inflight: deque = deque()
 
     def submit(i: int):
-        recs = plan.shards[i]
+        recs = plan.records(i)
         gen = [j for j, r in enumerate(recs) if r.caption is None] if cpt_pool is not None else []
         cpt_calls = submit_batches(cpt_pool, "caption", [recs[j].uri for j in gen],
                                    specs["captioner"].batch_size) if gen else []
@@ -179,7 +181,7 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         cap_calls = None if gen else submit_sparse(cap_pool, "encode", [r.caption for r in recs],
                                                    specs["caption"].batch_size)
         img_calls = submit_batches(img_pool, "encode", [r.uri for r in recs], specs["image"].batch_size)
-        inflight.append((i, gen, cpt_calls, cap_calls, img_calls))
+        inflight.append((i, recs, gen, cpt_calls, cap_calls, img_calls))
 
     def count(got: list) -> None:
         progress.update(len(got), errors=sum(1 for g in got if "error" in g))
@@ -187,8 +189,7 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     while queue or inflight:
         while queue and len(inflight) < window:
             submit(queue.popleft())
-        i, gen, cpt_calls, cap_calls, img_calls = inflight.popleft()
-        recs = plan.shards[i]
+        i, recs, gen, cpt_calls, cap_calls, img_calls = inflight.popleft()
         texts = [r.caption for r in recs]
         sources: list = [None] * len(recs)
         gen_errors: dict[int, dict] = {}
@@ -210,7 +211,7 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         stats = shard_stats(rows)
         meta = {"semarc.format": FORMAT,
                 "semarc.profiles": json.dumps(plan.profiles, sort_keys=True),
-                "semarc.job": json.dumps({"job_id": plan.job_id, "shard": i, "shards": len(plan.shards),
+                "semarc.job": json.dumps({"job_id": plan.job_id, "shard": i, "shards": plan.n_shards,
                                           "config": plan.config}, sort_keys=True),
                 "semarc.stats": json.dumps(stats, sort_keys=True)}
         write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats})
@@ -222,24 +223,29 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
 
 def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobReport:
     opts = opts or EncodeOptions()
+    with plan_mod.Scratch() as scratch:
+        return _run_encode(src, dst, opts, scratch)
+
+
+def _run_encode(src: str, dst: str, opts: EncodeOptions, scratch: str) -> JobReport:
     t0 = time.time()
     fs, root = fsspec.core.url_to_fs(dst, **opts.storage_options)
     root = root.rstrip("/")
     plan = plan_mod.load(fs, root)
     if plan is None:
-        records = list_inputs(src, opts.storage_options)  # job-level errors surface before any work
-        plan = plan_mod.make(records, opts.shard_size, opts.job_config())
+        # streamed into local plan parts; job-level errors (even in the last row) surface before any work
+        plan = plan_mod.make(iter_inputs(src, opts.storage_options), opts.shard_size, opts.job_config(), scratch)
     elif plan.config != opts.job_config():
         raise JobError(f"{dst} holds a job with another configuration {plan.config}; "
                        f"rerun with the same options or use a new DST")
-    report = JobReport(records=plan.n_records, shards=len(plan.shards))
-    pending = [i for i in range(len(plan.shards)) if not _shard_done(fs, root, plan, i)]
-    report.shards_skipped = len(plan.shards) - len(pending)
+    report = JobReport(records=plan.n_records, shards=plan.n_shards)
+    published = {p.rsplit("/", 1)[-1] for p in list_shards(fs, root)}
+    pending = [i for i in range(plan.n_shards) if not _shard_done(fs, root, plan, i, published)]
+    report.shards_skipped = plan.n_shards - len(pending)
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
             _encode_shards(ray, fs, root, plan, pending, opts, dst)
-
     # totals over every shard (finished earlier or now), from the shards' own footers
     totals = {"records": 0, "ok": 0, "errors": 0, "caption_fallbacks": 0, "bytes_caption": 0,
               "bytes_image": 0, "bytes_total": 0, "pixels": 0}
@@ -256,7 +262,7 @@ def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobRepo
     if totals["records"] != plan.n_records:
         raise JobError(f"shards hold {totals['records']} records but the plan has {plan.n_records}")
     manifest = {"job_id": plan.job_id, "config": plan.config, "profiles": plan.profiles,
-                "shards": [shard_name(i) for i in range(len(plan.shards))], "totals": totals,
+                "shards": [shard_name(i) for i in range(plan.n_shards)], "totals": totals,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     publish(fs, f"{root}/_manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
     publish(fs, f"{root}/_SUCCESS", json.dumps({"job_id": plan.job_id, **totals}, sort_keys=True).encode())

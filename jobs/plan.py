@@ -1,17 +1,33 @@
 """Job plans: which input goes to which shard, fixed once, reused on rerun.
 
-DST/_job.json holds the job id, configuration and profile table;
-DST/_plan.parquet one row per input (shard, key, uri, caption) in order.
-A rerun on the same DST reuses both, so shard names and contents never
+A plan streams: ``make`` consumes the input records one by one and writes
+them in *plan parts* of about ``PART_RECORDS`` records (whole shards each,
+Parquet: ``shard, key, uri, caption``), first to a local scratch folder.
+Nothing is written to DST until the job starts work (``publish``): then the
+parts go to ``DST/_plan/<job id>/part-NNNNN.parquet`` and ``DST/_job.json``
+(job id, configuration, record and shard counts, part names, profile table)
+is written last. A job-level error found while listing (a duplicate key in
+the last row of a manifest) leaves DST untouched.
+
+The driver holds one or two parts at a time, never the whole plan: a job of
+ten million records plans and runs in the memory of a job of ten thousand.
+A rerun on the same DST reuses the plan, so shard names and contents never
 change between attempts; a rerun with another configuration is refused.
+Plans written by semarc before plan parts (one ``DST/_plan.parquet``) still
+load.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,42 +35,122 @@ import pyarrow.parquet as pq
 from .inputs import InputRecord, JobError
 from .shards import publish
 
+PART_RECORDS = 16384
+_SCHEMA = pa.schema([("shard", pa.int32()), ("key", pa.string()), ("uri", pa.string()), ("caption", pa.string())])
+
 
 @dataclass
 class Plan:
     job_id: str
     config: dict
-    shards: list[list[InputRecord]]
+    n_records: int
+    shard_size: int
+    shards_per_part: int
+    parts: list[str]
     profiles: dict | None = None
+    # where the parts are read from: (fsspec filesystem, folder)
+    source: tuple = field(default=(None, ""), repr=False)
+    legacy: list[list[InputRecord]] | None = field(default=None, repr=False)
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @property
-    def n_records(self) -> int:
-        return sum(len(s) for s in self.shards)
+    def n_shards(self) -> int:
+        if self.legacy is not None:
+            return len(self.legacy)
+        return -(-self.n_records // self.shard_size)
+
+    def shard_len(self, i: int) -> int:
+        if self.legacy is not None:
+            return len(self.legacy[i])
+        return min(self.shard_size, self.n_records - i * self.shard_size)
+
+    def records(self, i: int) -> list[InputRecord]:
+        """The records of shard ``i``, in order (reads its plan part; the two
+        most recently used parts stay in memory)."""
+        if self.legacy is not None:
+            return self.legacy[i]
+        if not 0 <= i < self.n_shards:
+            raise IndexError(f"shard {i} of {self.n_shards}")
+        p = i // self.shards_per_part
+        if p not in self._cache:
+            fs, folder = self.source
+            t = pq.read_table(pa.BufferReader(fs.cat_file(f"{folder}/{self.parts[p]}")))
+            shards: dict[int, list[InputRecord]] = {}
+            for s, k, u, c in zip(*(t[c].to_pylist() for c in ("shard", "key", "uri", "caption"))):
+                shards.setdefault(s, []).append(InputRecord(k, u, c))
+            self._cache[p] = shards
+            while len(self._cache) > 2:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(p)
+        recs = self._cache[p].get(i, [])
+        if len(recs) != self.shard_len(i):
+            raise JobError(f"plan part {self.parts[p]} holds {len(recs)} records of shard {i}, "
+                           f"not {self.shard_len(i)}: the plan is damaged")
+        return recs
 
 
-def make(records: list[InputRecord], shard_size: int, config: dict) -> Plan:
-    if shard_size < 1:
-        raise JobError("shard size must be >= 1")
-    shards = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
-    return Plan(uuid.uuid4().hex, dict(config), shards)
-
-
-def save(fs, root: str, plan: Plan) -> None:
-    fs.makedirs(root, exist_ok=True)
-    rows = [{"shard": si, "key": r.key, "uri": r.uri, "caption": r.caption}
-            for si, s in enumerate(plan.shards) for r in s]
-    t = pa.Table.from_pylist(rows, schema=pa.schema([("shard", pa.int32()), ("key", pa.string()),
-                                                     ("uri", pa.string()), ("caption", pa.string())]))
+def _part_bytes(rows: list[tuple[int, InputRecord]]) -> bytes:
+    cols = list(zip(*((s, r.key, r.uri, r.caption) for s, r in rows)))
+    t = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, _SCHEMA)], schema=_SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(t, sink, compression="zstd")
-    publish(fs, f"{root}/_plan.parquet", sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
+
+
+def make(records: Iterable[InputRecord], shard_size: int, config: dict, scratch: str) -> Plan:
+    """Stream ``records`` into plan parts under the local folder ``scratch``.
+    A JobError raised by ``records`` (at any record) propagates; the caller
+    owns ``scratch``."""
+    if shard_size < 1:
+        raise JobError("shard size must be >= 1")
+    import fsspec
+
+    spp = max(1, PART_RECORDS // shard_size)
+    per_part = spp * shard_size
+    parts: list[str] = []
+    buf: list[tuple[int, InputRecord]] = []
+    n = 0
+
+    def flush():
+        name = f"part-{len(parts):05d}.parquet"
+        with open(os.path.join(scratch, name), "wb") as f:
+            f.write(_part_bytes(buf))
+        parts.append(name)
+        buf.clear()
+
+    for rec in records:
+        buf.append((n // shard_size, rec))
+        n += 1
+        if len(buf) == per_part:
+            flush()
+    if buf:
+        flush()
+    if n == 0:
+        raise JobError("no input records")
+    return Plan(uuid.uuid4().hex, dict(config), n, shard_size, spp, parts,
+                source=(fsspec.filesystem("file"), scratch))
+
+
+def publish_plan(fs, root: str, plan: Plan) -> None:
+    """Upload the plan parts (where they are still local scratch), then write
+    ``_job.json``: from here on the job exists in DST and reruns reuse it."""
+    fs.makedirs(root, exist_ok=True)
+    folder = f"{root}/_plan/{plan.job_id}"
+    src_fs, src = plan.source
+    if plan.legacy is None and src != folder:
+        for name in plan.parts:
+            with open(os.path.join(src, name), "rb") as f:
+                publish(fs, f"{folder}/{name}", f.read())
     write_job(fs, root, plan)
 
 
 def write_job(fs, root: str, plan: Plan) -> None:
-    doc = {"job_id": plan.job_id, "config": plan.config, "shards": len(plan.shards),
+    doc = {"job_id": plan.job_id, "config": plan.config, "shards": plan.n_shards,
            "records": plan.n_records, "profiles": plan.profiles,
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if plan.legacy is None:
+        doc["plan"] = {"shard_size": plan.shard_size, "shards_per_part": plan.shards_per_part,
+                       "parts": plan.parts}
     publish(fs, f"{root}/_job.json", json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
@@ -62,10 +158,28 @@ def load(fs, root: str) -> Plan | None:
     if not fs.exists(f"{root}/_job.json"):
         return None
     doc = json.loads(fs.cat_file(f"{root}/_job.json"))
+    spec = doc.get("plan")
+    if spec is not None:
+        folder = f"{root}/_plan/{doc['job_id']}"
+        return Plan(doc["job_id"], doc["config"], doc["records"], spec["shard_size"], spec["shards_per_part"],
+                    spec["parts"], doc.get("profiles"), source=(fs, folder))
+    # a plan from before plan parts: one _plan.parquet, read whole
     if not fs.exists(f"{root}/_plan.parquet"):
-        raise JobError(f"{root}/_job.json exists but _plan.parquet is missing: the output folder is damaged")
+        raise JobError(f"{root}/_job.json exists but its plan is missing: the output folder is damaged")
     t = pq.read_table(pa.BufferReader(fs.cat_file(f"{root}/_plan.parquet")))
     shards: list[list[InputRecord]] = [[] for _ in range(doc["shards"])]
     for r in t.to_pylist():
         shards[r["shard"]].append(InputRecord(r["key"], r["uri"], r["caption"]))
-    return Plan(doc["job_id"], doc["config"], shards, doc.get("profiles"))
+    return Plan(doc["job_id"], doc["config"], doc["records"], max((len(s) for s in shards), default=1), 1, [],
+                doc.get("profiles"), legacy=shards)
+
+
+class Scratch:
+    """A local scratch folder for plan parts, removed on exit."""
+
+    def __enter__(self) -> str:
+        self.path = tempfile.mkdtemp(prefix="semarc-plan-")
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -92,6 +92,20 @@ def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes, exclusive: bo
         fs.pipe_file(path, data)  # a single PUT: atomic on object stores
 
 
+def publish_file(fs: fsspec.AbstractFileSystem, path: str, local_path: str) -> None:
+    """``publish`` for content spooled in a local file (too large to hold in
+    memory): local targets get a temporary name and a rename; object stores
+    one upload (multipart for large files), visible only once complete."""
+    if _is_local(fs):
+        parent = path.rsplit("/", 1)[0]
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.put_file(local_path, tmp)
+        fs.mv(tmp, path)
+    else:
+        fs.put_file(local_path, path)
+
+
 def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str, str], stats: dict) -> None:
     name = shard_name(index)
     path = f"{root}/{name}.parquet"
