@@ -252,6 +252,24 @@ class TransformersLM(HFTokens):
         return [logits[i, p - 1:p + len(s)].to("cpu", torch.float64) for i, s in enumerate(seqs)]
 
     @torch.inference_mode()
+    def hidden(self, prefix: list[int], seqs: list[list[int]]) -> torch.Tensor:
+        """The final hidden states [n, len(prefix) + longest, H] of a prefill of
+        ``prefix + seq`` (right-padded as in ``score``); ``head`` turns rows of
+        them into logits. Only for models whose logits are ``head(hidden)``
+        (``CaptionCoder`` checks that at load)."""
+        p = len(prefix)
+        width = p + max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.eos_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :p + len(s)] = torch.tensor(prefix + list(s), dtype=torch.long)
+        return self.model.base_model(input_ids=ids.to(self.device), use_cache=False).last_hidden_state
+
+    @torch.inference_mode()
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """[m, H] hidden states -> [m, V] float64 logits on the CPU."""
+        return self.model.get_output_embeddings()(h).to("cpu", torch.float64)
+
+    @torch.inference_mode()
     def start(self, prefix: list[int], n: int):
         """KV-cache state for ``n`` rows after ``prefix`` (computed once, repeated)."""
         ids = torch.tensor([prefix], dtype=torch.long, device=self.device)

@@ -205,3 +205,50 @@ def test_any_local_causal_lm_by_path(tmp_path, caption_coder):
     assert coder.decode_batch([c.payload for c in coded]) == caps
     assert all(c.mode == "lm" for c in coded)
     assert coder.describe()["fingerprint"] != caption_coder.describe()["fingerprint"]
+
+
+def test_fast_grids_equal_their_definition():
+    """``both_grids`` and ``grid_weights`` (fewer passes) give exactly what the
+    plain definition gives, boundary flags included, on logits crafted to sit
+    within 1e-14 nat of grid boundaries, with ties at the maximum and -inf."""
+    g = torch.Generator().manual_seed(0)
+    lg = torch.randn(200, 3000, dtype=torch.float64, generator=g) * 8
+    top = lg.max(-1).values
+    for r in range(0, 200, 3):
+        lg[r, 10] = top[r] - 3.5 / 64 + 1e-14 * (r % 3 - 1)   # grid A boundary
+        lg[r, 11] = top[r] - 7 / 64 + 1e-14 * (r % 3 - 1)     # grid B boundary
+    lg[7, 12] = top[7]                                         # a tie at the maximum
+    lg[8, 13] = top[8] - 1e-15                                 # a near-tie: x < 1, not a boundary that counts
+    lg[9, 14] = -float("inf")
+    fast, ref = cap.both_grids(lg), cap.both_grids_reference(lg)
+    for k in range(2):
+        assert torch.equal(fast[k][0], ref[k][0]) and torch.equal(fast[k][1], ref[k][1])
+        x, fl, f = cap._grid_x(lg)
+        assert torch.equal(cap.grid_weights(lg, k), cap.EXP_TABLE[cap._grid_k(fl, f, k)])
+    assert 0 < int(ref[0][1].sum()) < 200 and not bool(ref[1][1][7]) and not bool(ref[1][1][8])
+
+
+def test_encoding_by_prefill_gives_the_steps_bytes(caption_coder, shared):
+    """The encoder's prefill pass and the decoder's KV-cache steps agree far
+    inside the guard band: the same bytes either way, and they decode."""
+    import json
+
+    assert caption_coder.encode_path == "prefill" and caption_coder.prefill_noise < 1e-12
+    coco = json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]
+    caps = ([a["caption"] for a in coco[100:130]]
+            + [r["caption"] for r in csv.DictReader(open(shared / "kodak_captions.csv"))][:3] + EDGE[:4])
+    steps = cap.CaptionCoder(lm=caption_coder.lm, batch_size=8, encode_path="steps")
+    a = caption_coder.encode_batch(caps)
+    b = steps.encode_batch(caps)
+    assert [c.payload for c in a] == [c.payload for c in b]
+    assert caption_coder.decode_batch([c.payload for c in a]) == caps
+
+
+def test_prefill_groups_bound_padding_and_attention(caption_coder):
+    widths = [20] * 300 + [900, 1000, 1028]
+    groups = caption_coder._prefill_groups(widths)
+    assert [i for g in groups for i in g] == list(range(len(widths)))
+    for g in groups:
+        w = max(widths[i] for i in g)
+        assert len(g) == 1 or (len(g) * w <= caption_coder.PREFILL_TOKENS
+                               and len(g) * w * w <= caption_coder.PREFILL_ATTENTION)
