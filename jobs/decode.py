@@ -8,6 +8,12 @@ rerun skips finished shards. Shards stream through the actor pools with a
 window of twice the larger pool in flight (backpressure: memory is bounded by
 the window, not by the number of shards). Records that cannot be decoded exactly are listed
 in ``DST/errors.jsonl`` and make the exit status non-zero.
+
+With ``refiner`` (a diffusers image-to-image model, ``codec/refiner.py``), a
+third pool redraws each decoded image conditioned on its caption: the image
+coders return arrays, which go from the object store straight to a refiner
+actor with their captions; the refined images are written. ``DST/_decode.json``
+records the refinement options; a rerun with other options is refused.
 """
 
 from __future__ import annotations
@@ -43,6 +49,20 @@ class DecodeOptions:
     threads_per_actor: int = 1
     storage_options: dict = field(default_factory=dict)
     progress: bool = True
+    # generative refinement (codec/refiner.py): a diffusers image-to-image model
+    refiner: str | None = None
+    refine_strength: float = 0.3
+    refine_steps: int = 20
+    refine_guidance: float = 5.0
+    refine_seed: int = 0
+    refiner_pool: int | None = None
+    refiner_gpus: float | None = None
+
+    def refiner_config(self) -> dict | None:
+        if not self.refiner:
+            return None
+        return {"model": self.refiner, "strength": self.refine_strength, "steps": self.refine_steps,
+                "guidance": self.refine_guidance, "seed": self.refine_seed}
 
 
 @dataclass
@@ -94,54 +114,19 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     report.shards_skipped = len(paths) - len(pending)
     keys = set(opts.keys) if opts.keys else None
 
+    ref_cfg = opts.refiner_config()
+    # what this DST is decoded with: a rerun must use the same refinement (or none)
+    decode_doc = {"refiner": ref_cfg}
+    if dfs.exists(f"{droot}/_decode.json"):
+        if json.loads(dfs.cat_file(f"{droot}/_decode.json")).get("refiner") != ref_cfg:
+            raise JobError(f"{dst} was decoded with other refinement options (see {dst}/_decode.json); "
+                           f"rerun with the same ones or use a new DST")
+    elif pending:
+        publish(dfs, f"{droot}/_decode.json", json.dumps(decode_doc, sort_keys=True).encode())
+
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            from ..workers.pool import codec_pools, gather, gather_sparse, submit_batches, submit_sparse
-
-            res = ray.cluster_resources()
-            specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch)
-            todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
-            progress = Progress(todo if keys is None else 0, enabled=opts.progress)
-            cap_desc, img_desc = profiles["caption"], profiles["image"]
-            cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
-                                             opts.codec or img_desc["codec"], opts.threads_per_actor,
-                                             opts.storage_options)
-            cb, ib = specs["caption"].batch_size, specs["image"].batch_size
-            window = 2 * max(len(cap_pool.actors), len(img_pool.actors))  # shards in flight: backpressure
-            queue, inflight = deque(pending), deque()
-
-            def submit(path: str) -> None:
-                table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
-                shard_profiles = json.loads(meta["semarc.profiles"])
-                rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
-                ok = [r for r in rows if r["status"] == "ok"]
-                img_calls = submit_batches(img_pool, "decode_to",
-                                           [(f"images/{safe_relpath(r['key'])}.{opts.fmt}", r["image"]) for r in ok],
-                                           ib, shard_profiles, dst, opts.fmt)
-                cap_calls = submit_sparse(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
-                inflight.append((path, [r["key"] for r in ok], img_calls, cap_calls))
-
-            while queue or inflight:
-                while queue and len(inflight) < window:
-                    submit(queue.popleft())
-                path, ok_keys, img_calls, cap_calls = inflight.popleft()
-                imgs = gather(img_pool, img_calls, len(ok_keys),
-                              lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g)))
-                caps = gather_sparse(cap_pool, cap_calls, len(ok_keys), fill={"caption": None})
-                lines, errs = [], []
-                for key, im, cap in zip(ok_keys, imgs, caps):
-                    e = [x["error"] for x in (im, cap) if "error" in x]
-                    if e:
-                        errs.append({"key": key, "error": "; ".join(e)})
-                    else:
-                        lines.append({"key": key, "caption": cap["caption"]})
-                name = path.rsplit("/", 1)[-1].replace(".parquet", "")
-                body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
-                ebody = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs)
-                if errs:
-                    publish(dfs, f"{droot}/_parts/{name}.errors.jsonl", ebody.encode())
-                publish(dfs, f"{droot}/_parts/{name}.jsonl", body.encode())
-            progress.close()
+            _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg)
 
     # commit: concatenate the parts in shard order, streamed through local spool files
     # (a job of millions of records never holds its captions in memory)
@@ -170,5 +155,101 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
                 print(f"semarc decode: ERROR {line}", flush=True)
     report.seconds = time.time() - t0
     publish(dfs, f"{droot}/_SUCCESS", json.dumps({"decoded": report.decoded, "errors": report.errors,
-                                                  "shards": report.shards}).encode())
+                                                  "shards": report.shards, "refiner": ref_cfg}).encode())
     return report
+
+
+def _finish_shard(dfs, droot: str, path: str, ok_keys: list[str], imgs: list, caps: list) -> None:
+    """Publish a shard's part: its decoded captions, then its errors (if any)."""
+    lines, errs = [], []
+    for key, im, cap in zip(ok_keys, imgs, caps):
+        e = [x["error"] for x in (im, cap) if isinstance(x, dict) and "error" in x]
+        if e:
+            errs.append({"key": key, "error": "; ".join(dict.fromkeys(e))})
+        else:
+            lines.append({"key": key, "caption": cap["caption"]})
+    name = path.rsplit("/", 1)[-1].replace(".parquet", "")
+    if errs:
+        publish(dfs, f"{droot}/_parts/{name}.errors.jsonl",
+                "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs).encode())
+    publish(dfs, f"{droot}/_parts/{name}.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode())
+
+
+def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], profiles: dict, keys: set | None,
+                   opts: DecodeOptions, ref_cfg: dict | None) -> None:
+    """Decode the pending shards through the pools, a window of shards in
+    flight. With a refiner, the image coders return arrays that go straight
+    (object store) to the refiner pool with their captions, and the refined
+    images are written; shards being refined form a second bounded window."""
+    from ..workers.pool import ActorPool, codec_pools, gather, gather_sparse, submit_batches, submit_sparse
+
+    res = ray.cluster_resources()
+    specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
+                       captioner=ref_cfg is not None, captioner_batch=opts.image_batch,
+                       captioner_pool=opts.refiner_pool, captioner_gpus=opts.refiner_gpus)
+    todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
+    progress = Progress(todo if keys is None else 0, enabled=opts.progress)
+    cap_desc, img_desc = profiles["caption"], profiles["image"]
+    ref_pool = None
+    if ref_cfg is not None:  # started first: the largest model loads while the coders load
+        from ..workers.refiner_worker import RefinerWorker
+
+        rs = specs.pop("captioner")
+        ref_pool = ActorPool(RefinerWorker, rs.size, rs.num_cpus, rs.num_gpus,
+                             args=(ref_cfg, opts.threads_per_actor, opts.storage_options), name="refiner")
+    cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
+                                     opts.codec or img_desc["codec"], opts.threads_per_actor, opts.storage_options)
+    if ref_pool is not None:  # a refiner that cannot load fails the job here, not every record
+        try:
+            ref_pool.first("describe")
+        except ray.exceptions.RayError as e:
+            why = [x for x in str(e).strip().splitlines() if x.strip()][-1:] or [type(e).__name__]
+            raise JobError(f"the refiner {opts.refiner!r} cannot load: {why[0].strip()}") from e
+    cb, ib = specs["caption"].batch_size, specs["image"].batch_size
+    window = 2 * max(len(cap_pool.actors), len(img_pool.actors), len(ref_pool.actors) if ref_pool else 0)
+    queue, inflight, refining = deque(pending), deque(), deque()
+    count = lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g))  # noqa: E731
+
+    def submit(path: str) -> None:
+        table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
+        shard_profiles = json.loads(meta["semarc.profiles"])
+        rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
+        ok = [r for r in rows if r["status"] == "ok"]
+        rels = [f"images/{safe_relpath(r['key'])}.{opts.fmt}" for r in ok]
+        if ref_pool is None:
+            img_calls = submit_batches(img_pool, "decode_to", list(zip(rels, [r["image"] for r in ok])), ib,
+                                       shard_profiles, dst, opts.fmt)
+        else:
+            img_calls = submit_batches(img_pool, "decode_arrays", [r["image"] for r in ok], ib, shard_profiles)
+        cap_calls = submit_sparse(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
+        inflight.append((path, [r["key"] for r in ok], rels, img_calls, cap_calls))
+
+    def finish_refined() -> None:
+        path, ok_keys, ref_calls, caps = refining.popleft()
+        imgs = gather(ref_pool, ref_calls, len(ok_keys), count,
+                      on_error=lambda e: {"error": f"refine: {type(e).__name__}: {str(e)[-300:]}"})
+        _finish_shard(dfs, droot, path, ok_keys, imgs, caps)
+
+    while queue or inflight:
+        while queue and len(inflight) < window:
+            submit(queue.popleft())
+        path, ok_keys, rels, img_calls, cap_calls = inflight.popleft()
+        caps = gather_sparse(cap_pool, cap_calls, len(ok_keys), fill={"caption": None})
+        if ref_pool is None:
+            imgs = gather(img_pool, img_calls, len(ok_keys), count)
+            _finish_shard(dfs, droot, path, ok_keys, imgs, caps)
+            continue
+        # each decoded batch goes from the image coder to a refiner without passing through here
+        ref_calls = []
+        for k, (b, (ref, a)) in enumerate(img_calls):
+            end = img_calls[k + 1][0] if k + 1 < len(img_calls) else len(ok_keys)
+            texts = [c["caption"] if "caption" in c else c for c in caps[b:end]]
+            ref_calls.append((b, ref_pool.submit("refine_to", ref, texts, rels[b:end], ok_keys[b:end], dst,
+                                                 opts.fmt)))
+            img_pool.done(a)
+        refining.append((path, ok_keys, ref_calls, caps))
+        while len(refining) > window:
+            finish_refined()
+    while refining:
+        finish_refined()
+    progress.close()

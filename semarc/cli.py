@@ -66,7 +66,10 @@ def cmd_decode(args) -> int:
             if os.path.isfile(args.keys) else args.keys.split(",")
     opts = DecodeOptions(fmt=args.format, shards=args.shards.split(",") if args.shards else None, keys=keys,
                          address=args.address, num_cpus=args.num_cpus, caption_model=args.caption_model,
-                         codec=args.codec, storage_options=_storage_options(args), progress=not args.no_progress)
+                         codec=args.codec, storage_options=_storage_options(args), progress=not args.no_progress,
+                         refiner=args.refiner, refine_strength=args.refine_strength, refine_steps=args.refine_steps,
+                         refine_guidance=args.refine_guidance, refine_seed=args.refine_seed,
+                         refiner_pool=args.refiner_pool, refiner_gpus=args.refiner_gpus)
     r = run_decode(args.src, args.dst, opts)
     print(f"semarc decode: {r.decoded} records decoded, {r.errors} failed, {r.skipped_error_rows} error rows "
           f"skipped; {r.shards} shards ({r.shards_skipped} already done); {r.seconds:.1f} s", flush=True)
@@ -223,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keys", default=None, help="comma-separated keys, or a file with one key per line")
     d.add_argument("--codec", default=None, help="override the image codec named in the shards")
     d.add_argument("--caption-model", default=None, help="override the caption model named in the shards")
+    r = d.add_argument_group("generative refinement (the refine extra: diffusers)")
+    r.add_argument("--refiner", default=None, metavar="MODEL",
+                   help="a diffusers image-to-image model (hub id or local folder) that redraws each decoded image "
+                        "conditioned on its caption; default: none (the codec's reconstruction)")
+    r.add_argument("--refine-strength", type=float, default=0.3, help="share of the diffusion schedule re-run")
+    r.add_argument("--refine-steps", type=int, default=20, help="inference steps of the full schedule")
+    r.add_argument("--refine-guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    r.add_argument("--refine-seed", type=int, default=0, help="job seed; each record's noise comes from it and its key")
+    r.add_argument("--refiner-pool", type=int, default=None, help="refiner actors (default: by cluster size)")
+    r.add_argument("--refiner-gpus", type=float, default=None,
+                   help="GPUs per refiner actor (default: 1, or 0.5 on a one-GPU cluster)")
     _add_cluster(d)
     d.set_defaults(func=cmd_decode)
 

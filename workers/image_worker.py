@@ -64,6 +64,28 @@ class ImageWorker:
                               "section": record.pack_image(c.payload, c.check)}
         return out
 
+    def decode_arrays(self, sections: list[bytes], profiles: dict) -> list:
+        """Decode sections to uint8 HxWx3 arrays (for a refinement stage, which
+        receives this call's result straight from the object store); per
+        section an array or {"error"}."""
+        from semarc.codec import record
+        from semarc.codec.image import ImageCodecError
+
+        try:
+            record.check_profile(profiles, "image", self.coder.describe())
+        except record.FormatError as e:
+            return [{"error": f"image: {e}"} for _ in sections]
+        out: list = [None] * len(sections)
+        todo = []
+        for i, section in enumerate(sections):
+            try:
+                todo.append((i, *record.unpack_image(section)))
+            except (record.FormatError, ImageCodecError) as e:
+                out[i] = {"error": f"image: {e}"}
+        for (i, _, _), a in zip(todo, self.coder.decode_batch([(p, c) for _, p, c in todo])):
+            out[i] = {"error": f"image: {a}"} if isinstance(a, Exception) else a
+        return out
+
     def decode_to(self, items: list[tuple[str, bytes]], profiles: dict, dst: str, fmt: str = "png") -> list[dict]:
         """Decode ``(relative output path, section)`` items, write each image to
         ``dst/relpath``; per item {"ok": True, "width", "height"} or {"error"}."""
