@@ -50,7 +50,7 @@ def run(out_dir: str, shared: str = "../shared/data", chunk: int = 512, batch: i
         coder.batch_size = old
         fails = [{"index": a + i, "caption": c, "got": (str(g) if isinstance(g, CaptionError) else g)}
                  for i, (c, g) in enumerate(zip(part, back)) if g != c]
-        rec = {"start": a, "n": len(part), "fingerprint": fp, "failures": fails,
+        rec = {"start": a, "n": len(part), "fingerprint": fp, "encode_path": coder.encode_path, "failures": fails,
                "fallbacks": sum(c.mode == "fallback" for c in coded),
                "grid_b": sum(c.mode == "lm" and c.grid == 1 for c in coded),
                "bytes": sum(len(c.payload) for c in coded), "encode_s": round(t_enc, 2), "decode_s": round(t_dec, 2)}
@@ -64,6 +64,7 @@ def run(out_dir: str, shared: str = "../shared/data", chunk: int = 512, batch: i
         "command": f"semarc bench coco-roundtrip --out {out_dir} --batch {batch} --decode-batch {decode_batch} "
                    f"--threads {threads}" + (f" --limit {limit}" if limit else ""),
         "captions": n, "total_in_set": len(caps), "complete": n == len(caps),
+        "encode_paths": sorted({d.get("encode_path", "steps") for d in done}),
         "failures": [f for d in done for f in d["failures"]],
         "fallbacks": sum(d["fallbacks"] for d in done), "grid_b": sum(d["grid_b"] for d in done),
         "mean_bytes": round(sum(d["bytes"] for d in done) / max(n, 1), 3),

@@ -4,7 +4,7 @@ A plan streams: ``make`` consumes the input records one by one and writes
 them in *plan parts* of about ``PART_RECORDS`` records (whole shards each,
 Parquet: ``shard, key, uri, caption``), first to a local scratch folder.
 Nothing is written to DST until the job starts work (``publish``): then the
-parts go to ``DST/_plan/<job id>/part-NNNNN.parquet`` and ``DST/_job.json``
+parts go to ``DST/_plan/<job id>/plan-NNNNN.parquet`` and ``DST/_job.json``
 (job id, configuration, record and shard counts, part names, profile table)
 is written last. A job-level error found while listing (a duplicate key in
 the last row of a manifest) leaves DST untouched.
@@ -112,7 +112,7 @@ def make(records: Iterable[InputRecord], shard_size: int, config: dict, scratch:
     n = 0
 
     def flush():
-        name = f"part-{len(parts):05d}.parquet"
+        name = f"plan-{len(parts):05d}.parquet"  # not part-*: only shards are named so
         with open(os.path.join(scratch, name), "wb") as f:
             f.write(_part_bytes(buf))
         parts.append(name)
