@@ -146,4 +146,4 @@ def resolve(name: str, zoo_pretrained: bool = True) -> LoadedModel:
                      f"or a CompressAI zoo name such as cheng2020-attn:1")
 
 
-DEFAULT_CODEC = "semarc-f1"
+from .names import DEFAULT_CODEC  # noqa: E402  (no torch needed for the name)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL = "smollm2-135m"  # alias resolved by ``resolve_model_source``
+from .names import DEFAULT_MODEL  # noqa: E402  alias resolved by ``resolve_model_source``
 
 
 def smollm2_dir() -> str:

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from ..cluster.ray_cluster import ray_session, size_pools
-from ..codec import image_models
-from ..codec import lm as lm_mod
-from ..codec import record
+from ..codec import names, record
 from . import plan as plan_mod
 from .inputs import JobError, iter_inputs
 from .progress import Progress
@@ -35,8 +33,8 @@ EXIT_ERROR_ROWS = 3
 
 @dataclass
 class EncodeOptions:
-    codec: str = image_models.DEFAULT_CODEC
-    caption_model: str = lm_mod.DEFAULT_MODEL
+    codec: str = names.DEFAULT_CODEC
+    caption_model: str = names.DEFAULT_MODEL
     caption_profile: str = "portable"
     shard_size: int = 256
     address: str | None = None

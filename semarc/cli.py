@@ -175,8 +175,7 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from semarc import __version__
-    from semarc.codec import image_models
-    from semarc.codec import lm as lm_mod
+    from semarc.codec import names
 
     p = argparse.ArgumentParser(prog="semarc", description="Ultra-low-bitrate semantic image archiving.",
                                 epilog="exit status: 0 ok; 3 finished with error rows; 1 job failed; 2 usage")
@@ -187,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="images (folder, glob or manifest) -> Parquet shards under DST")
     e.add_argument("src")
     e.add_argument("dst")
-    e.add_argument("--codec", default=image_models.DEFAULT_CODEC, help="image codec (see `semarc codecs`)")
-    e.add_argument("--caption-model", default=lm_mod.DEFAULT_MODEL,
+    e.add_argument("--codec", default=names.DEFAULT_CODEC, help="image codec (see `semarc codecs`)")
+    e.add_argument("--caption-model", default=names.DEFAULT_MODEL,
                    help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a local path")
     e.add_argument("--caption-profile", default="portable", choices=["portable", "vllm"],
                    help="portable: float64, decodes anywhere (default); vllm: top-k from a vLLM engine on a GPU, "
