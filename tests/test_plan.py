@@ -100,5 +100,6 @@ def test_planning_memory_does_not_grow_with_the_number_of_inputs(tmp_path):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["records"] == n
         growth[n] = out["growth_kb"] / 1024
-    # 20x the inputs: a few MB more (the 8-byte key hashes), not ~150 MB
-    assert growth[400_000] - growth[20_000] < 25, growth
+    # 20x the inputs: some MB more (the 8-byte key hashes, Arrow's memory pool), measured
+    # 21-33 MB on two installs; holding the 380,000 extra records would cost >= 150 MB
+    assert growth[400_000] - growth[20_000] < 60, growth
