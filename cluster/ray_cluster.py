@@ -48,13 +48,15 @@ class PoolSpec:
 def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: int = 4,
                caption_pool: int | None = None, image_pool: int | None = None, captioner: bool = False,
                captioner_batch: int = 8, captioner_pool: int | None = None,
-               captioner_gpus: float | None = None) -> dict[str, PoolSpec]:
+               captioner_gpus: float | None = None, generator: str = "captioner") -> dict[str, PoolSpec]:
     """Split the cluster's CPUs (and GPUs) between the caption-coding and the
     image-coding pools. Without GPUs each actor takes one CPU (its torch uses
     that many threads); the two pools share the CPUs about evenly, at least one
     actor each.
 
-    With ``captioner``, a third pool generates captions. With GPUs it takes
+    With ``captioner``, a third pool runs a generative model: captioning at
+    encode, or, named ``generator="refiner"``, diffusion refinement at decode
+    (the spec is under that name; ``captioner_*`` size it). With GPUs it takes
     about half of them (``captioner_gpus`` per actor: default a whole GPU, half
     of one on a one-GPU machine) and the coding pools share the rest; without
     GPUs it takes a third of the CPUs. Where the pools would ask for more CPUs
@@ -66,14 +68,14 @@ def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: i
     if gpus >= 1:
         frac = float(captioner_gpus) if captioner_gpus else (1.0 if gpus >= 2 else 0.5)
         n = captioner_pool or max(1, int(gpus / 2 / frac + 1e-9))
-        cpt = PoolSpec("captioner", n, 1, frac, captioner_batch)
+        cpt = PoolSpec(generator, n, 1, frac, captioner_batch)
         specs = _coding_pools(max(1, cpus_i - n), max(0.0, gpus - n * frac), caption_batch, image_batch,
                               caption_pool, image_pool, gpu_share=True)
     else:
         n = captioner_pool or max(1, cpus_i // 3)
-        cpt = PoolSpec("captioner", n, 1, 0, captioner_batch)
+        cpt = PoolSpec(generator, n, 1, 0, captioner_batch)
         specs = _coding_pools(max(1, cpus_i - n), 0, caption_batch, image_batch, caption_pool, image_pool)
-    specs["captioner"] = cpt
+    specs[generator] = cpt
     _fit(specs, "num_cpus", float(cpus_i))
     _fit(specs, "num_gpus", float(gpus))
     return specs

@@ -244,11 +244,7 @@ class TransformersLM(HFTokens):
         if not seqs:
             return []
         p = len(prefix)
-        width = p + max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.eos_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :p + len(s)] = torch.tensor(prefix + list(s), dtype=torch.long)
-        logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits
+        logits = self.model(input_ids=self._padded_ids(prefix, seqs), use_cache=False).logits
         return [logits[i, p - 1:p + len(s)].to("cpu", torch.float64) for i, s in enumerate(seqs)]
 
     @torch.inference_mode()
@@ -257,12 +253,15 @@ class TransformersLM(HFTokens):
         ``prefix + seq`` (right-padded as in ``score``); ``head`` turns rows of
         them into logits. Only for models whose logits are ``head(hidden)``
         (``CaptionCoder`` checks that at load)."""
+        return self.model.base_model(input_ids=self._padded_ids(prefix, seqs), use_cache=False).last_hidden_state
+
+    def _padded_ids(self, prefix: list[int], seqs: list[list[int]]) -> torch.Tensor:
+        """``prefix + seq`` per row, right-padded with the end token, on the model's device."""
         p = len(prefix)
-        width = p + max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.eos_id, dtype=torch.long)
+        ids = torch.full((len(seqs), p + max(len(s) for s in seqs)), self.eos_id, dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, :p + len(s)] = torch.tensor(prefix + list(s), dtype=torch.long)
-        return self.model.base_model(input_ids=ids.to(self.device), use_cache=False).last_hidden_state
+        return ids.to(self.device)
 
     @torch.inference_mode()
     def head(self, h: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from ..cluster.ray_cluster import ray_session, size_pools
-from .encode import EXIT_ERROR_ROWS, EXIT_OK
+from .encode import EXIT_ERROR_ROWS, EXIT_OK, ensure_loaded
 from .inputs import JobError
 from .keys import safe_relpath
 from .progress import Progress
@@ -181,30 +181,22 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     flight. With a refiner, the image coders return arrays that go straight
     (object store) to the refiner pool with their captions, and the refined
     images are written; shards being refined form a second bounded window."""
-    from ..workers.pool import ActorPool, codec_pools, gather, gather_sparse, submit_batches, submit_sparse
+    from ..workers.pool import codec_pools, gather, gather_sparse, refiner_pool, submit_batches, submit_sparse
 
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
                        captioner=ref_cfg is not None, captioner_batch=opts.image_batch,
-                       captioner_pool=opts.refiner_pool, captioner_gpus=opts.refiner_gpus)
+                       captioner_pool=opts.refiner_pool, captioner_gpus=opts.refiner_gpus, generator="refiner")
     todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
     progress = Progress(todo if keys is None else 0, enabled=opts.progress)
     cap_desc, img_desc = profiles["caption"], profiles["image"]
     ref_pool = None
     if ref_cfg is not None:  # started first: the largest model loads while the coders load
-        from ..workers.refiner_worker import RefinerWorker
-
-        rs = specs.pop("captioner")
-        ref_pool = ActorPool(RefinerWorker, rs.size, rs.num_cpus, rs.num_gpus,
-                             args=(ref_cfg, opts.threads_per_actor, opts.storage_options), name="refiner")
+        ref_pool = refiner_pool(specs["refiner"], ref_cfg, opts.threads_per_actor, opts.storage_options)
     cap_pool, img_pool = codec_pools(specs, opts.caption_model or cap_desc["model"], cap_desc["profile"],
                                      opts.codec or img_desc["codec"], opts.threads_per_actor, opts.storage_options)
-    if ref_pool is not None:  # a refiner that cannot load fails the job here, not every record
-        try:
-            ref_pool.first("describe")
-        except ray.exceptions.RayError as e:
-            why = [x for x in str(e).strip().splitlines() if x.strip()][-1:] or [type(e).__name__]
-            raise JobError(f"the refiner {opts.refiner!r} cannot load: {why[0].strip()}") from e
+    if ref_pool is not None:
+        ensure_loaded(ray, ref_pool, f"the refiner {opts.refiner!r}")
     cb, ib = specs["caption"].batch_size, specs["image"].batch_size
     window = 2 * max(len(cap_pool.actors), len(img_pool.actors), len(ref_pool.actors) if ref_pool else 0)
     queue, inflight, refining = deque(pending), deque(), deque()

@@ -107,6 +107,16 @@ def _shard_done(fs, root: str, plan: plan_mod.Plan, i: int, published: set[str] 
     return job.get("job_id") == plan.job_id and n == plan.shard_len(i)
 
 
+def ensure_loaded(ray, pool, what: str) -> None:
+    """Wait for a pool's first actor to load its model: one that cannot load
+    fails the job here (JobError, the cause's last line), not every record."""
+    try:
+        pool.first("describe")
+    except ray.exceptions.RayError as e:
+        why = [x for x in str(e).strip().splitlines() if x.strip()][-1:] or [type(e).__name__]
+        raise JobError(f"{what} cannot load: {why[0].strip()}") from e
+
+
 def _row(rec, cap, img, source: str | None = None) -> dict:
     row = {"key": rec.key, "uri": rec.uri, "width": None, "height": None,
            "caption_source": source or ("manifest" if rec.caption is not None else "none"),
@@ -147,13 +157,8 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                                   opts.storage_options)
     cap_pool, img_pool = codec_pools(specs, caption_model, opts.caption_profile, opts.codec,
                                      opts.threads_per_actor, opts.storage_options)
-    if cpt_pool is not None:  # a captioner that cannot load fails the job here, not every record
-        try:
-            cpt_pool.first("describe")
-        except ray.exceptions.RayError as e:
-            why = [x for x in str(e).strip().splitlines() if x.strip()][-1:] or [type(e).__name__]
-            raise JobError(f"the captioner {opts.captioner!r} ({opts.captioner_backend}) cannot load: "
-                           f"{why[0].strip()}") from e
+    if cpt_pool is not None:
+        ensure_loaded(ray, cpt_pool, f"the captioner {opts.captioner!r} ({opts.captioner_backend})")
     profiles = record.profile_table(cap_pool.first("describe"), img_pool.first("describe"))
     if plan.profiles is None:  # the job starts work: from here on it exists in DST
         plan.profiles = profiles
@@ -221,8 +226,8 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
 
 def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobReport:
     opts = opts or EncodeOptions()
-    with plan_mod.Scratch() as scratch:
-        return _run_encode(src, dst, opts, scratch)
+    with plan_mod.scratch() as folder:
+        return _run_encode(src, dst, opts, folder)
 
 
 def _run_encode(src: str, dst: str, opts: EncodeOptions, scratch: str) -> JobReport:

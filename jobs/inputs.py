@@ -149,10 +149,6 @@ def iter_manifest(url: str, storage_options: dict | None = None) -> Iterator[Inp
                 seen[rec.key] = n
 
 
-def read_manifest(url: str, storage_options: dict | None = None) -> list[InputRecord]:
-    return list(iter_manifest(url, storage_options))
-
-
 def iter_inputs(src: str, storage_options: dict | None = None) -> Iterator[InputRecord]:
     """The input records that SRC names, streamed. A manifest is read in
     batches; a folder or glob is listed first (object stores list names only,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -50,25 +49,18 @@ class Plan:
     profiles: dict | None = None
     # where the parts are read from: (fsspec filesystem, folder)
     source: tuple = field(default=(None, ""), repr=False)
-    legacy: list[list[InputRecord]] | None = field(default=None, repr=False)
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     @property
     def n_shards(self) -> int:
-        if self.legacy is not None:
-            return len(self.legacy)
         return -(-self.n_records // self.shard_size)
 
     def shard_len(self, i: int) -> int:
-        if self.legacy is not None:
-            return len(self.legacy[i])
         return min(self.shard_size, self.n_records - i * self.shard_size)
 
     def records(self, i: int) -> list[InputRecord]:
         """The records of shard ``i``, in order (reads its plan part; the two
         most recently used parts stay in memory)."""
-        if self.legacy is not None:
-            return self.legacy[i]
         if not 0 <= i < self.n_shards:
             raise IndexError(f"shard {i} of {self.n_shards}")
         p = i // self.shards_per_part
@@ -136,8 +128,8 @@ def publish_plan(fs, root: str, plan: Plan) -> None:
     ``_job.json``: from here on the job exists in DST and reruns reuse it."""
     fs.makedirs(root, exist_ok=True)
     folder = f"{root}/_plan/{plan.job_id}"
-    src_fs, src = plan.source
-    if plan.legacy is None and src != folder:
+    src = plan.source[1]
+    if src != folder:  # still in local scratch
         for name in plan.parts:
             with open(os.path.join(src, name), "rb") as f:
                 publish(fs, f"{folder}/{name}", f.read())
@@ -147,10 +139,8 @@ def publish_plan(fs, root: str, plan: Plan) -> None:
 def write_job(fs, root: str, plan: Plan) -> None:
     doc = {"job_id": plan.job_id, "config": plan.config, "shards": plan.n_shards,
            "records": plan.n_records, "profiles": plan.profiles,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if plan.legacy is None:
-        doc["plan"] = {"shard_size": plan.shard_size, "shards_per_part": plan.shards_per_part,
-                       "parts": plan.parts}
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "plan": {"shard_size": plan.shard_size, "shards_per_part": plan.shards_per_part, "parts": plan.parts}}
     publish(fs, f"{root}/_job.json", json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
@@ -163,23 +153,15 @@ def load(fs, root: str) -> Plan | None:
         folder = f"{root}/_plan/{doc['job_id']}"
         return Plan(doc["job_id"], doc["config"], doc["records"], spec["shard_size"], spec["shards_per_part"],
                     spec["parts"], doc.get("profiles"), source=(fs, folder))
-    # a plan from before plan parts: one _plan.parquet, read whole
+    # a plan from before plan parts: one _plan.parquet (same columns), read as a single part
     if not fs.exists(f"{root}/_plan.parquet"):
         raise JobError(f"{root}/_job.json exists but its plan is missing: the output folder is damaged")
-    t = pq.read_table(pa.BufferReader(fs.cat_file(f"{root}/_plan.parquet")))
-    shards: list[list[InputRecord]] = [[] for _ in range(doc["shards"])]
-    for r in t.to_pylist():
-        shards[r["shard"]].append(InputRecord(r["key"], r["uri"], r["caption"]))
-    return Plan(doc["job_id"], doc["config"], doc["records"], max((len(s) for s in shards), default=1), 1, [],
-                doc.get("profiles"), legacy=shards)
+    n, shards = doc["records"], doc["shards"]
+    size = doc["config"].get("shard_size") or -(-n // shards)
+    return Plan(doc["job_id"], doc["config"], n, size, shards, ["_plan.parquet"], doc.get("profiles"),
+                source=(fs, root))
 
 
-class Scratch:
-    """A local scratch folder for plan parts, removed on exit."""
-
-    def __enter__(self) -> str:
-        self.path = tempfile.mkdtemp(prefix="semarc-plan-")
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+def scratch():
+    """A local scratch folder for plan parts, removed on exit (a context manager)."""
+    return tempfile.TemporaryDirectory(prefix="semarc-plan-")

@@ -64,6 +64,13 @@ def _is_local(fs) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
+def _local_tmp(fs, path: str) -> str:
+    """A temporary name beside ``path`` on a local filesystem (its folder made)."""
+    parent, name = path.rsplit("/", 1)
+    fs.makedirs(parent, exist_ok=True)
+    return f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
 def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` so that readers see all of it or nothing.
     With ``exclusive``, raise FileExistsError instead of replacing an existing
@@ -71,9 +78,7 @@ def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes, exclusive: bo
     if _is_local(fs):
         import os
 
-        parent = path.rsplit("/", 1)[0]
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _local_tmp(fs, path)
         with fs.open(tmp, "wb") as f:
             f.write(data)
         if exclusive:
@@ -97,9 +102,7 @@ def publish_file(fs: fsspec.AbstractFileSystem, path: str, local_path: str) -> N
     memory): local targets get a temporary name and a rename; object stores
     one upload (multipart for large files), visible only once complete."""
     if _is_local(fs):
-        parent = path.rsplit("/", 1)[0]
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _local_tmp(fs, path)
         fs.put_file(local_path, tmp)
         fs.mv(tmp, path)
     else:

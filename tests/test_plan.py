@@ -56,6 +56,13 @@ def test_a_plan_from_before_plan_parts_still_loads(tmp_path):
     p = plan_mod.load(fsspec.filesystem("file"), str(tmp_path))
     assert p.n_shards == 3 and [p.shard_len(i) for i in range(3)] == [2, 2, 1]
     assert p.records(2) == [InputRecord("k4", "u4", None)]
+    # the shard size comes from the job's configuration: 9 records in shards of 4 are 4, 4, 1
+    rows = [{"shard": i // 4, "key": f"k{i}", "uri": f"u{i}", "caption": None} for i in range(9)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "_plan.parquet")
+    (tmp_path / "_job.json").write_text(json.dumps({"job_id": "j", "config": {"shard_size": 4}, "shards": 3,
+                                                    "records": 9, "profiles": None}))
+    p = plan_mod.load(fsspec.filesystem("file"), str(tmp_path))
+    assert [p.shard_len(i) for i in range(3)] == [4, 4, 1] and p.records(1)[0] == InputRecord("k4", "u4", None)
 
 
 def test_duplicate_key_in_the_last_row_stops_the_job_before_any_work(tmp_path):

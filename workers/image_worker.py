@@ -65,13 +65,13 @@ class ImageWorker:
         return out
 
     def decode_arrays(self, sections: list[bytes], profiles: dict) -> list:
-        """Decode sections to uint8 HxWx3 arrays (for a refinement stage, which
-        receives this call's result straight from the object store); per
-        section an array or {"error"}."""
+        """Decode sections to uint8 HxWx3 arrays; per section an array or
+        {"error"}. A refinement stage receives this call's result straight
+        from the object store; ``decode_to`` writes them."""
         from semarc.codec import record
         from semarc.codec.image import ImageCodecError
 
-        try:
+        try:  # once per call: every section of a shard names the same image coder
             record.check_profile(profiles, "image", self.coder.describe())
         except record.FormatError as e:
             return [{"error": f"image: {e}"} for _ in sections]
@@ -91,30 +91,18 @@ class ImageWorker:
         ``dst/relpath``; per item {"ok": True, "width", "height"} or {"error"}."""
         import fsspec
 
-        from semarc.codec import record
-        from semarc.codec.image import ImageCodecError
-        from semarc.codec.imageio import encode_as
-
-        out: list = [None] * len(items)
-        try:  # once per call: every section of a shard names the same image coder
-            record.check_profile(profiles, "image", self.coder.describe())
-        except record.FormatError as e:
-            return [{"error": f"image: {e}"} for _ in items]
-        todo = []
-        for i, (rel, section) in enumerate(items):
-            try:
-                payload, check = record.unpack_image(section)
-                todo.append((i, payload, check))
-            except (record.FormatError, ImageCodecError) as e:
-                out[i] = {"error": f"image: {e}"}
-        arrays = self.coder.decode_batch([(p, c) for _, p, c in todo])
+        arrays = self.decode_arrays([section for _, section in items], profiles)
         fs, root = fsspec.core.url_to_fs(dst, **self.storage_options)
-        for (i, _, _), a in zip(todo, arrays):
-            if isinstance(a, Exception):
-                out[i] = {"error": f"image: {a}"}
-                continue
-            path = f"{root.rstrip('/')}/{items[i][0]}"
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            fs.pipe_file(path, encode_as(a, fmt))
-            out[i] = {"ok": True, "width": int(a.shape[1]), "height": int(a.shape[0])}
-        return out
+        return [a if isinstance(a, dict) else write_image(fs, root, rel, a, fmt)
+                for (rel, _), a in zip(items, arrays)]
+
+
+def write_image(fs, root: str, rel: str, a, fmt: str) -> dict:
+    """Write the uint8 HxWx3 array ``a`` as ``root/rel`` in ``fmt``; returns the
+    record's decode result {"ok", "width", "height"}."""
+    from semarc.codec.imageio import encode_as
+
+    path = f"{root.rstrip('/')}/{rel}"
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, encode_as(a, fmt))
+    return {"ok": True, "width": int(a.shape[1]), "height": int(a.shape[0])}

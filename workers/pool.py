@@ -65,6 +65,14 @@ def captioner_pool(spec, config: dict, threads: int, storage_options: dict) -> A
                      args=(config, threads, storage_options), name="captioner")
 
 
+def refiner_pool(spec, config: dict, threads: int, storage_options: dict) -> ActorPool:
+    """The refinement pool of a decode job (``spec``: ``size_pools(..., generator="refiner")["refiner"]``)."""
+    from .refiner_worker import RefinerWorker
+
+    return ActorPool(RefinerWorker, spec.size, spec.num_cpus, spec.num_gpus,
+                     args=(config, threads, storage_options), name="refiner")
+
+
 def submit_batches(pool: ActorPool, method: str, items: list, batch: int, *extra) -> list:
     """Submit ``items`` in batches; returns [(offset, (ref, actor index))]."""
     return [(b, pool.submit(method, items[b:b + batch], *extra)) for b in range(0, len(items), batch)]

@@ -31,7 +31,7 @@ class RefinerWorker:
         import fsspec
         import numpy as np
 
-        from semarc.codec.imageio import encode_as
+        from .image_worker import write_image
 
         out: list = [None] * len(decoded)
         idx = []
@@ -52,8 +52,5 @@ class RefinerWorker:
                 return out
             fs, root = fsspec.core.url_to_fs(dst, **self.storage_options)
             for i, a in zip(idx, refined):
-                path = f"{root.rstrip('/')}/{rels[i]}"
-                fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                fs.pipe_file(path, encode_as(a, fmt))
-                out[i] = {"ok": True, "width": int(a.shape[1]), "height": int(a.shape[0])}
+                out[i] = write_image(fs, root, rels[i], a, fmt)
         return out
