@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import random
 import shutil
 import time
 from pathlib import Path
@@ -110,8 +109,11 @@ def _device_info(device: str) -> dict:
     return info
 
 
-def encode_side(inputs: str, device: str, out: str, points: list[str] | None = None, keep_pixels: int = 2) -> dict:
-    """Step 2: code everything on ``device`` (and, for captions, this machine's CPU)."""
+def encode_side(inputs: str, device: str, out: str, points: list[str] | None = None, keep_pixels: int = 2,
+                captions: bool = True) -> dict:
+    """Step 2: code everything on ``device`` (and, for captions, this machine's CPU).
+    ``captions=False`` codes the images only (e.g. rate points trained in the
+    same session, after the captions were checked)."""
     from semarc.codec.image import ImageCoder
 
     texts, lm_path, images = _inputs(inputs)
@@ -119,7 +121,7 @@ def encode_side(inputs: str, device: str, out: str, points: list[str] | None = N
     runs = res["captions"]["runs"]
     # captions: batch sizes 1, 7, 64 on the device; 64 on this machine's CPU too
     sides = [(device, (64, 7, 1))] + ([("cpu", (64,))] if device != "cpu" else [])
-    for dev, batches in sides:
+    for dev, batches in (sides if captions else []):
         coder = _caption_coder(lm_path, dev, 64)
         for b in batches:
             coder.batch_size = b
@@ -132,6 +134,7 @@ def encode_side(inputs: str, device: str, out: str, points: list[str] | None = N
         back = coder.decode_batch([bytes.fromhex(h) for h in runs[f"{dev}/batch64"]["payloads"]], errors="return")
         runs[f"{dev}/batch64"]["decoded_ok"] = sum(b == t for b, t in zip(back, texts))
         res["captions"]["fingerprint"] = coder.describe()["fingerprint"]
+        res["captions"].setdefault("encode_path", {})[dev] = coder.encode_path
     decoded: dict[str, np.ndarray] = {}
     arrays = [a for _, a in images]
     for point in _points(points):
@@ -157,15 +160,22 @@ def encode_side(inputs: str, device: str, out: str, points: list[str] | None = N
     return res
 
 
-def compare(inputs: str, against: str, out: str) -> dict:
-    """Step 3: decode the other side's bitstreams here and compare with this side."""
-    from semarc.codec.image import ImageCoder
+def _load_sides(against: str) -> tuple[dict, dict]:
+    """One or more encode-side folders (comma-separated, from the same device),
+    merged: captions from those that coded them, images from all."""
+    merged: dict = {"info": None, "captions": {"fingerprint": None, "runs": {}}, "images": {}}
+    px: dict = {}
+    for d in against.split(","):
+        side = json.loads((Path(d) / "side.json").read_text())
+        merged["info"] = merged["info"] or side["info"]
+        if side["captions"]["runs"]:
+            merged["captions"] = side["captions"]
+        merged["images"].update(side["images"])
+        px.update(dict(np.load(Path(d) / "decoded.npz")))
+    return merged, px
 
-    texts, lm_path, images = _inputs(inputs)
-    other = json.loads((Path(against) / "side.json").read_text())
-    other_px = dict(np.load(Path(against) / "decoded.npz"))
-    here = _device_info("cpu")
-    rep: dict = {"encoded_on": other["info"], "decoded_on": here, "captions": {}, "images": {}}
+
+def _compare_captions(texts: list[str], lm_path: str, other: dict) -> dict:
     coder = _caption_coder(lm_path, "cpu", 64)
     if coder.describe()["fingerprint"] != other["captions"]["fingerprint"]:
         raise SystemExit("the caption coder's fingerprint differs between the two sides (different inputs?)")
@@ -177,9 +187,24 @@ def compare(inputs: str, against: str, out: str) -> dict:
         cap[key] = {"bytes_identical_to_here": sum(a == b for a, b in zip(v["payloads"], mine)),
                     "decoded_here_exactly": sum(b == t for b, t in zip(back, texts)),
                     "decoded_there_exactly": v.get("decoded_ok")}
-    rep["captions"] = cap
+    return cap
+
+
+def compare(inputs: str, against: str, out: str) -> dict:
+    """Step 3: decode the other side's bitstreams (one or more comma-separated
+    encode-side folders) here and compare with this side."""
+    from semarc.codec.image import ImageCoder
+
+    texts, lm_path, images = _inputs(inputs)
+    other, other_px = _load_sides(against)
+    here = _device_info("cpu")
+    rep: dict = {"encoded_on": other["info"], "decoded_on": here, "captions": {}, "images": {}}
+    runs = other["captions"]["runs"]
+    if runs:
+        rep["captions"] = _compare_captions(texts, lm_path, other)
     arrays = [a for _, a in images]
     for point, entry in other["images"].items():
+
         coder = ImageCoder(point, device="cpu")
         if coder.model.fingerprint != entry["fingerprint"]:
             rep["images"][point] = {"error": "different weights on the two sides"}

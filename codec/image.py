@@ -6,12 +6,34 @@ and a 16-bit check of the latent *symbols*. ``decode_batch`` returns arrays of
 the source size. Images are padded to the model's stride by edge
 replication and cropped back; same-size images are batched together.
 
-Exactness: the semarc factorized models decode their symbols with integer
-CDF tables that ship inside the checkpoint (never recomputed from float
-parameters at load), so the symbols are the same on every machine. At encode
-time the symbols are entropy-decoded back and compared before the bytes are
-accepted; at decode the symbol check is verified. CompressAI zoo models use
-float-derived tables: their check covers the payload bytes only.
+Exactness (semarc architectures): every symbol is decoded with integer CDF
+tables that ship inside the checkpoint (never recomputed from float
+parameters at load), so the symbols are the same on every machine.
+
+* ``factorized``: one latent, one fixed table per channel.
+* ``hyperprior``: the hyper-latent z is coded like ``factorized``; each
+  element of the latent y picks one of the Gaussian tables by an index that
+  the decoder recomputes from z with the hyper-synthesis ``h_s``. That float
+  computation is where CompressAI's hyperprior models break across machines
+  (a scale near a table boundary lands on the other side). semarc runs
+  ``h_s`` in float64 on both sides and, at encode, lists every element whose
+  scale lies within a relative ``SCALE_MARGIN`` (2^-26) of a boundary, with
+  the index the encoder used. The decoder takes listed indexes from the list;
+  every other scale is at least 2^-26 (relative) from a boundary, ~10^8 times
+  the float64 differences between devices, batch sizes and thread counts, so
+  both sides pick the same table. The list is almost always empty (one byte);
+  an unlisted scale the decoder finds within half the margin of a boundary
+  is reported as a numerical disagreement, never decoded silently.
+
+At encode time the payload is entropy-decoded back, by the decoder's own
+code path, and its symbols compared before the bytes are accepted; at decode
+the symbol check is verified. CompressAI zoo models use float-derived
+tables: their check covers the payload bytes only.
+
+Payload after the size varints: ``factorized``: the y string; ``hyperprior``:
+varint len(z string), z string, varint count of listed indexes, then per
+entry varint (flat position - previous position - 1 ... delta coded) and one
+index byte, then the y string.
 """
 
 from __future__ import annotations
@@ -52,6 +74,9 @@ def check16(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFF
 
 
+SCALE_MARGIN = 2.0 ** -26  # relative distance from a Gaussian table boundary that is listed
+
+
 class ImageCoder:
     def __init__(self, codec: str = image_models.DEFAULT_CODEC, device: str = "cpu",
                  zoo_pretrained: bool = True) -> None:
@@ -59,18 +84,52 @@ class ImageCoder:
         self.device = device
         self.net = self.model.net.to(device).eval()
         self.stride = self.model.stride
-        self._exact = self.model.arch == "factorized"
+        self._exact = self.model.arch in image_models.EXACT_ARCHS
+        self._hyper = self.model.arch == "hyperprior"
+        if self._hyper:
+            import copy
+
+            self._h_s64 = copy.deepcopy(self.net.h_s).double().eval()
+            gc = self.net.gaussian_conditional
+            self._bounds = gc.scale_table.detach().double().to(device)[:-1].contiguous()
+            self._n_tables = int(gc._quantized_cdf.shape[0])
 
     def describe(self) -> dict:
-        return {"kind": "image", "codec": self.model.name, "arch": self.model.arch, "config": self.model.config,
-                "stride": self.stride, "check": "crc32&0xffff of int32 latent symbols" if self._exact
-                else "crc32&0xffff of payload", "fingerprint": self.model.fingerprint}
+        d = {"kind": "image", "codec": self.model.name, "arch": self.model.arch, "config": self.model.config,
+             "stride": self.stride, "check": "crc32&0xffff of int32 latent symbols" if self._exact
+             else "crc32&0xffff of payload", "fingerprint": self.model.fingerprint}
+        if self._hyper:
+            d["scales"] = f"float64 h_s; indexes within {SCALE_MARGIN!r} (relative) of a table boundary listed"
+        return d
 
     # -- symbols ----------------------------------------------------------------
     def _symbols(self, y_hat: torch.Tensor) -> torch.Tensor:
         eb = self.net.entropy_bottleneck
         med = eb._get_medians()
         return torch.round(y_hat - med).to(torch.int32)
+
+    def _scale_indexes(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian table index per element of y (CompressAI's ``build_indexes``
+        rule: the number of table boundaries below the scale) from float64
+        ``h_s(z_hat)``, and a mask of the elements within ``SCALE_MARGIN`` of a
+        boundary (relative)."""
+        s = self._h_s64(z_hat.double())
+        b = self._bounds
+        idx = torch.searchsorted(b, s.reshape(-1).contiguous()).reshape(s.shape)
+        lo = b[(idx - 1).clamp(min=0)]
+        hi = b[idx.clamp(max=len(b) - 1)]
+        rel = torch.minimum((s - lo).abs() / lo, (s - hi).abs() / hi)
+        return idx.to(torch.int32), rel
+
+    @staticmethod
+    def _pack_listed(idx: torch.Tensor, near: torch.Tensor) -> bytes:
+        pos = torch.nonzero(near.reshape(-1)).reshape(-1).tolist()
+        flat = idx.reshape(-1)
+        out, prev = [write_varint(len(pos))], -1
+        for p in pos:
+            out.append(write_varint(p - prev - 1) + bytes([int(flat[p])]))
+            prev = p
+        return b"".join(out)
 
     # -- encode -------------------------------------------------------------------
     @torch.inference_mode()
@@ -85,19 +144,22 @@ class ImageCoder:
         for (_, _, h, w), idx in groups.items():
             x = torch.stack([torch.from_numpy(np.array(arrays[i])).permute(2, 0, 1) for i in idx]).float().div_(255.0)
             x = _pad(x.to(self.device), self.stride)
-            if self._exact:
+            if self._hyper:
+                bodies, syms = self._encode_hyper(x)
+            elif self._exact:
                 y = self.net.g_a(x)
-                strings = self.net.entropy_bottleneck.compress(y)
-                shape = y.shape[-2:]
+                bodies = self.net.entropy_bottleneck.compress(y)
                 sym = self._symbols(self.net.entropy_bottleneck.quantize(
                     y, "dequantize", self.net.entropy_bottleneck._get_medians()))
-                if verify:
-                    back = self._symbols(self.net.entropy_bottleneck.decompress(strings, shape))
-                    if not torch.equal(back, sym):
-                        raise ImageCodecError("entropy-coded symbols did not decode back at encode time")
+                syms = [sym[j].cpu().numpy().tobytes() for j in range(x.shape[0])]
+            if self._exact:
+                hp, wp = x.shape[-2:]
                 for j, i in enumerate(idx):
-                    head = write_varint(w) + write_varint(h)
-                    out[i] = CodedImage(head + strings[j], check16(sym[j].cpu().numpy().tobytes()), w, h)
+                    if verify:
+                        back = self._entropy_decode(self._split(bodies[j]), hp, wp)[1]
+                        if back != syms[j]:
+                            raise ImageCodecError("entropy-coded symbols did not decode back at encode time")
+                    out[i] = CodedImage(write_varint(w) + write_varint(h) + bodies[j], check16(syms[j]), w, h)
             else:
                 res = self.net.compress(x)
                 for j, i in enumerate(idx):
@@ -107,8 +169,29 @@ class ImageCoder:
                     out[i] = CodedImage(payload, check16(payload), w, h)
         return out  # type: ignore[return-value]
 
+    def _encode_hyper(self, x: torch.Tensor) -> tuple[list[bytes], list[bytes]]:
+        """Bodies (z string, listed indexes, y string) and symbol bytes per image."""
+        net = self.net
+        eb, gc = net.entropy_bottleneck, net.gaussian_conditional
+        y = net.g_a(x)
+        z = net.h_a(torch.abs(y))
+        z_strings = eb.compress(z)
+        # the decoder's z_hat, from the integer tables (not the encoder's float z)
+        z_hat = eb.decompress(z_strings, z.shape[-2:])
+        idx, rel = self._scale_indexes(z_hat)
+        near = rel < SCALE_MARGIN
+        y_strings = gc.compress(y, idx)
+        zsym = self._symbols(z_hat)
+        ysym = torch.round(y).to(torch.int32)
+        bodies, syms = [], []
+        for j in range(x.shape[0]):
+            bodies.append(write_varint(len(z_strings[j])) + z_strings[j]
+                          + self._pack_listed(idx[j], near[j]) + y_strings[j])
+            syms.append(zsym[j].cpu().numpy().tobytes() + ysym[j].cpu().numpy().tobytes())
+        return bodies, syms
+
     # -- decode -------------------------------------------------------------------
-    def _parse(self, payload: bytes) -> tuple[int, int, list[bytes]]:
+    def _parse(self, payload: bytes) -> tuple[int, int, bytes]:
         try:
             w, pos = read_varint(payload, 0)
             h, pos = read_varint(payload, pos)
@@ -116,16 +199,62 @@ class ImageCoder:
             raise ImageCodecError(f"truncated image header: {e}") from e
         if not (0 < w <= 1 << 20 and 0 < h <= 1 << 20):
             raise ImageCodecError(f"implausible image size {w}x{h} in header (corrupt bytes?)")
-        body = payload[pos:]
-        if self._exact:
-            return w, h, [body]
-        parts, p = [], 0
-        for _ in range(self._n_strings() - 1):
-            ln, p = read_varint(body, p)
-            parts.append(body[p:p + ln])
+        return w, h, payload[pos:]
+
+    def _split(self, body: bytes) -> list:
+        """The entropy-coded parts of a body: ``[y]`` (factorized),
+        ``[z, [(position, index)...], y]`` (hyperprior), or the zoo model's
+        strings."""
+        try:
+            if not self._exact:
+                parts, p = [], 0
+                for _ in range(self._n_strings() - 1):
+                    ln, p = read_varint(body, p)
+                    parts.append(body[p:p + ln])
+                    p += ln
+                return parts + [body[p:]]
+            if not self._hyper:
+                return [body]
+            ln, p = read_varint(body, 0)
+            z = body[p:p + ln]
             p += ln
-        parts.append(body[p:])
-        return w, h, parts
+            n, p = read_varint(body, p)
+            listed, prev = [], -1
+            for _ in range(n):
+                d, p = read_varint(body, p)
+                if p >= len(body):
+                    raise ValueError("listed index past the end")
+                prev += d + 1
+                listed.append((prev, body[p]))
+                p += 1
+            if len(z) != ln or p > len(body):
+                raise ValueError("body shorter than its lengths")
+            return [z, listed, body[p:]]
+        except ValueError as e:
+            raise ImageCodecError(f"truncated or corrupt image body: {e}") from e
+
+    def _entropy_decode(self, parts: list, hp: int, wp: int) -> tuple[torch.Tensor, bytes]:
+        """(y_hat with a batch dimension of 1, symbol bytes) for one padded size."""
+        if not self._hyper:
+            shape = (hp // self.stride, wp // self.stride)
+            y_hat = self.net.entropy_bottleneck.decompress([parts[0]], shape)
+            return y_hat, self._symbols(y_hat)[0].cpu().numpy().tobytes()
+        eb, gc = self.net.entropy_bottleneck, self.net.gaussian_conditional
+        z_hat = eb.decompress([parts[0]], (hp // self.stride, wp // self.stride))
+        idx, rel = self._scale_indexes(z_hat)
+        flat, relf = idx.reshape(-1), rel.reshape(-1)
+        listed = torch.zeros_like(relf, dtype=torch.bool)
+        for pos, k in parts[1]:
+            if pos >= flat.numel() or k >= self._n_tables:
+                raise ImageCodecError(f"listed scale index ({pos}, {k}) out of range (corrupt bytes)")
+            flat[pos] = k
+            listed[pos] = True
+        if bool(((relf < SCALE_MARGIN / 2) & ~listed).any()):
+            raise ImageCodecError("decoder-side entropy scales differ from the encoder's beyond the "
+                                  "exactness margin: a numerical disagreement between machines, or "
+                                  "corrupt bytes; refusing to decode")
+        y_hat = gc.decompress([parts[2]], idx)
+        return y_hat, self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat.round()[0].to(torch.int32).cpu().numpy().tobytes()
 
     def _n_strings(self) -> int:
         if not hasattr(self, "_ns"):
@@ -139,13 +268,13 @@ class ImageCoder:
         """``(payload, check)`` pairs -> HxWx3 uint8 arrays; a corrupt item yields
         an ``ImageCodecError`` in its place (the others still decode)."""
         out: list = [None] * len(items)
-        groups: dict[tuple, list[tuple[int, list[bytes]]]] = {}
+        groups: dict[tuple, list[tuple[int, list]]] = {}
         for i, (payload, check) in enumerate(items):
             try:
-                w, h, parts = self._parse(payload)
+                w, h, body = self._parse(payload)
                 if not self._exact and check16(payload) != check:
                     raise ImageCodecError("image payload check mismatch (corrupt bytes)")
-                groups.setdefault((w, h), []).append((i, parts))
+                groups.setdefault((w, h), []).append((i, self._split(body)))
             except ImageCodecError as e:
                 out[i] = e
         for (w, h), members in groups.items():
@@ -153,9 +282,8 @@ class ImageCoder:
             for i, parts in members:  # entropy decoding is per image; synthesis is batched below
                 try:
                     if self._exact:
-                        shape = (hp // self.stride, wp // self.stride)
-                        y_hat = self.net.entropy_bottleneck.decompress([parts[0]], shape)
-                        if check16(self._symbols(y_hat)[0].cpu().numpy().tobytes()) != items[i][1]:
+                        y_hat, sym = self._entropy_decode(parts, hp, wp)
+                        if check16(sym) != items[i][1]:
                             raise ImageCodecError("decoded latent symbols fail their check: the bitstream is "
                                                   "corrupt or was made by different model tables")
                         out[i] = y_hat

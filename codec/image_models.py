@@ -29,11 +29,19 @@ CKPT_FORMAT = "semarc-image-ckpt/1"
 
 def build(arch: str, config: dict) -> torch.nn.Module:
     """A fresh (untrained) network of a semarc architecture."""
-    from compressai.models import FactorizedPrior
+    from compressai.models import FactorizedPrior, ScaleHyperprior
 
     if arch == "factorized":
         return FactorizedPrior(int(config["N"]), int(config["M"]))
+    if arch == "hyperprior":
+        # Balle et al. 2018 scale hyperprior: the same analysis/synthesis
+        # transforms as "factorized" (so a factorized point can seed one), plus
+        # hyper-transforms; decoded bit-exactly by ``image.ImageCoder``.
+        return ScaleHyperprior(int(config["N"]), int(config["M"]))
     raise ValueError(f"unknown image codec architecture {arch!r}")
+
+
+EXACT_ARCHS = ("factorized", "hyperprior")
 
 
 def state_dict_digest(state_dict: dict) -> str:

@@ -15,6 +15,13 @@ between the reconstruction and the crop, both mapped from [0, 1] to [-1, 1] as
 ``metrics.lpips`` does; the gradient flows through the frozen network into the
 codec. A run folder without ``lpips_weight`` in its ``config.json`` is a W=0 run.
 
+Architectures (``--arch``): ``factorized`` and ``hyperprior`` (scale
+hyperprior). ``--init`` from a ``factorized`` point into a ``hyperprior`` run
+copies the shared analysis/synthesis transforms only (``init_from``). The
+training rate of a hyperprior run (CompressAI's uniform-noise proxy) sits well
+above its coded rate at low rates (see ``codec/weights/README.md``): judge runs
+by coded bytes.
+
 Devices: ``--device cuda`` trains on a GPU (model, photos and LPIPS network on
 the device; the batch sampler still draws from its CPU generator, so the
 crops are the same as on the CPU). Resume is exact on the CPU; on a GPU the
@@ -164,9 +171,9 @@ def train(args) -> dict:
         print(f"resumed {run} at step {step}", flush=True)
     elif args.init:
         init = image_models.load_checkpoint(args.init)
-        net.load_state_dict(init.net.state_dict(), strict=False)
+        loaded = init_from(net, args.arch, init)
         net.to(device)
-        print(f"initialised from {args.init}", flush=True)
+        print(f"initialised from {args.init} ({init.arch}): {loaded}", flush=True)
 
     def save():
         tmp = state_path.with_suffix(".tmp")
@@ -225,6 +232,23 @@ def train(args) -> dict:
     return {"step": step}
 
 
+def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
+    """Start ``net`` from a trained checkpoint: all of it when the
+    architectures match; across architectures (a ``factorized`` point seeding
+    a ``hyperprior`` run) the analysis and synthesis transforms ``g_a``/``g_s``,
+    which both share, while the rest starts fresh."""
+    src = init.net.state_dict()
+    if init.arch == arch:
+        net.load_state_dict(src, strict=False)
+        return "all weights"
+    own = net.state_dict()
+    take = {k: v for k, v in src.items() if k.startswith(("g_a.", "g_s.")) and k in own and own[k].shape == v.shape}
+    if not take or len(take) != sum(k.startswith(("g_a.", "g_s.")) for k in own):
+        raise SystemExit(f"--init {init.name}: its transforms do not fit this architecture/size")
+    net.load_state_dict({**own, **take})
+    return f"g_a/g_s only ({len(take)} tensors); the entropy model and hyper-transforms start fresh"
+
+
 def fit_quantiles(net, steps: int = 3000) -> tuple[float, float]:
     """Fit the entropy bottleneck's quantiles (which bound its CDF tables) to
     the trained density before export: no data needed, ~2 s. Deterministic."""
@@ -260,7 +284,8 @@ def export(run: Path, out: str, args) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder (state.pt, log.jsonl, config.json)")
-    p.add_argument("--arch", default="factorized")
+    p.add_argument("--arch", default="factorized", choices=list(image_models.EXACT_ARCHS),
+                   help="factorized (Balle 2017) or hyperprior (Balle 2018 scale hyperprior, 3 more conv layers each side)")
     p.add_argument("--N", type=int, default=64)
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lmbda", type=float, default=0.0018)
@@ -274,7 +299,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")
-    p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point)")
+    p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
+                   "a factorized one seeds a hyperprior run's transforms)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long")

@@ -168,7 +168,9 @@ def cmd_bench(args) -> int:
             rep = crossdevice.compare(args.inputs, args.against, args.out)
             print(crossdevice.markdown(rep))
         else:
-            crossdevice.encode_side(args.inputs, args.device, args.out)
+            crossdevice.encode_side(args.inputs, args.device, args.out,
+                                    points=args.points.split(",") if args.points else None,
+                                    captions=not args.images_only)
         return EXIT_OK
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
@@ -269,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=32, help="captioner: most new tokens per caption")
     b.add_argument("--baselines", default=None,
                    help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl)")
-    b.add_argument("--points", default=None, help="kodak: comma-separated semarc rate points (default: all shipped)")
+    b.add_argument("--points", default=None, help="kodak, crossdevice: comma-separated semarc rate points (default: all shipped)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline: input image side in pixels")
     b.add_argument("--num-cpus", type=int, default=None, help="pipeline: CPUs of the local Ray cluster (default 2)")
@@ -277,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--inputs", default=None, metavar="DIR", help="crossdevice: the inputs written by --prepare")
     b.add_argument("--device", default="cuda", help="crossdevice: the device that encodes (default cuda)")
     b.add_argument("--against", default=None, metavar="DIR",
-                   help="crossdevice: the other side's output; decode and compare here")
+                   help="crossdevice: the other side's output (comma-separated folders); decode and compare here")
+    b.add_argument("--images-only", action="store_true", help="crossdevice: code the images only, not the captions")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")

@@ -41,6 +41,34 @@ def run_cli(*args, timeout=900, env=None):
                           text=True, timeout=timeout, env=e)
 
 
+def code_with_threads(codec: str | None, threads: int, out) -> tuple[str, str]:
+    """Encode and decode the astronaut photo in a fresh process with this many
+    torch threads. Returns (payload sha256, check); the decoded pixels go to
+    ``out`` (.npy)."""
+    script = ("import sys, torch, hashlib, numpy; torch.set_num_threads(int(sys.argv[1]));"
+              "from semarc.codec.image import ImageCoder; from semarc.codec.imageio import read_image;"
+              "from semarc.jobs.sample import skimage_data_dir;"
+              "a = read_image((skimage_data_dir() / 'astronaut.png').read_bytes());"
+              f"c = ImageCoder({codec!r}) if {codec!r} else ImageCoder();"
+              "p = c.encode_batch([a])[0]; x = c.decode_batch([(p.payload, p.check)])[0];"
+              "numpy.save(sys.argv[2], x); print(hashlib.sha256(p.payload).hexdigest(), p.check)")
+    r = subprocess.run([sys.executable, "-c", script, str(threads), str(out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tuple(r.stdout.split()[-2:])
+
+
+def assert_same_across_threads(codec: str | None, tmp_path) -> None:
+    """Same bytes and symbols with 1 and 2 threads; the float synthesis may put
+    a rare pixel one level apart (measured: ~1e-5 of values), never more."""
+    import numpy as np
+
+    assert code_with_threads(codec, 1, tmp_path / "t1.npy") == code_with_threads(codec, 2, tmp_path / "t2.npy")
+    a, b = (np.load(tmp_path / f"t{n}.npy").astype(int) for n in (1, 2))
+    d = np.abs(a - b)
+    assert d.max() <= 1 and (d > 0).mean() < 1e-3
+
+
 # With torch and pyarrow both loaded, pyarrow's thread pool sometimes aborts the
 # interpreter's teardown ("terminate called without an active exception", exit
 # 134) after every test has passed. End the test process the way `semarc` does

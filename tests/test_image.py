@@ -44,20 +44,10 @@ def test_bytes_identical_for_batch_sizes_1_and_4(image_coder):
         assert np.array_equal(a, b)
 
 
-def test_bytes_identical_for_1_and_2_threads():
-    import subprocess
-    import sys
+def test_bytes_identical_for_1_and_2_threads(tmp_path):
+    from conftest import assert_same_across_threads
 
-    script = ("import sys, torch, hashlib; torch.set_num_threads(int(sys.argv[1]));"
-              "from semarc.codec.image import ImageCoder; from semarc.codec.imageio import read_image;"
-              "from semarc.jobs.sample import skimage_data_dir;"
-              "a = read_image((skimage_data_dir() / 'astronaut.png').read_bytes());"
-              "c = ImageCoder().encode_batch([a])[0];"
-              "print(hashlib.sha256(c.payload).hexdigest(), c.check)")
-    outs = [subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, timeout=300)
-            for n in (1, 2)]
-    assert outs[0].returncode == 0, outs[0].stderr[-2000:]
-    assert outs[0].stdout.split()[-2:] == outs[1].stdout.split()[-2:]
+    assert_same_across_threads(None, tmp_path)
 
 
 def test_corrupt_truncated_and_wrong_model_are_errors(image_coder):
