@@ -111,8 +111,8 @@ class ImageCoder:
     def _scale_indexes(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian table index per element of y (CompressAI's ``build_indexes``
         rule: the number of table boundaries below the scale) from float64
-        ``h_s(z_hat)``, and a mask of the elements within ``SCALE_MARGIN`` of a
-        boundary (relative)."""
+        ``h_s(z_hat)``, and each element's relative distance to the nearest
+        boundary (compared with ``SCALE_MARGIN`` by the callers)."""
         s = self._h_s64(z_hat.double())
         b = self._bounds
         idx = torch.searchsorted(b, s.reshape(-1).contiguous()).reshape(s.shape)
