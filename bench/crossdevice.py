@@ -199,12 +199,10 @@ def compare(inputs: str, against: str, out: str) -> dict:
     other, other_px = _load_sides(against)
     here = _device_info("cpu")
     rep: dict = {"encoded_on": other["info"], "decoded_on": here, "captions": {}, "images": {}}
-    runs = other["captions"]["runs"]
-    if runs:
+    if other["captions"]["runs"]:
         rep["captions"] = _compare_captions(texts, lm_path, other)
     arrays = [a for _, a in images]
     for point, entry in other["images"].items():
-
         coder = ImageCoder(point, device="cpu")
         if coder.model.fingerprint != entry["fingerprint"]:
             rep["images"][point] = {"error": "different weights on the two sides"}

@@ -24,9 +24,10 @@ padding or thread count:
    end token (``_Stepper``). The encoder, which knows every token, runs one
    prefill pass per batch (padded; long captions a few at a time) and the
    output layer on chunks of (caption, position) rows (Kodak captions: 1.5x
-   less time than the steps; short COCO captions: about the same). At load, the coder measures how far the two paths' logits differ
-   on a test caption (SmolLM2: 1.1e-13 nat) and encodes by prefill only if
-   that is at least 10x below the guard band (item 2); otherwise, and with
+   less time than the steps; short COCO captions: about the same). At load,
+   the coder measures how far the two paths' logits differ on a test caption
+   (SmolLM2: 1.1e-13 nat) and encodes by prefill only if that is at least 10x
+   below the guard band (item 2); otherwise, and with
    ``encode_path="steps"``, the encoder runs the decoder's steps;
 2. each logit is placed on a grid of ``1/64`` nat below the row maximum,
    ``x = (max - logit) * 64 + offset``, ``k = floor(x)``. Across batch shapes,
@@ -47,8 +48,8 @@ default) runs the arithmetic decoder over the written bytes against the
 integer tables of the pass that encoded them, which every decoder recomputes
 exactly (its logits differ from the encoder's by far less than the guard
 band): every symbol, the end and the check must come back; ``"full"``
-decodes the bytes from scratch with a second model pass in other batches. A caption that does not come back is stored
-by the fallback and flagged. Texts that the tokenizer cannot round-trip, that
+decodes the bytes from scratch with a second model pass in other batches. A
+caption that does not come back is stored by the fallback and flagged. Texts that the tokenizer cannot round-trip, that
 contain the end token's text, or that are longer than ``max_tokens`` tokens
 also use the fallback (docs/format.md).
 """

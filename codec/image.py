@@ -38,6 +38,7 @@ index byte, then the y string.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from dataclasses import dataclass
 
@@ -87,8 +88,6 @@ class ImageCoder:
         self._exact = self.model.arch in image_models.EXACT_ARCHS
         self._hyper = self.model.arch == "hyperprior"
         if self._hyper:
-            import copy
-
             self._h_s64 = copy.deepcopy(self.net.h_s).double().eval()
             gc = self.net.gaussian_conditional
             self._bounds = gc.scale_table.detach().double().to(device)[:-1].contiguous()
@@ -176,8 +175,9 @@ class ImageCoder:
         y = net.g_a(x)
         z = net.h_a(torch.abs(y))
         z_strings = eb.compress(z)
-        # the decoder's z_hat, from the integer tables (not the encoder's float z)
-        z_hat = eb.decompress(z_strings, z.shape[-2:])
+        # the decoder's z_hat (symbols + medians, exactly what decompress returns); the
+        # verification below decodes the strings themselves
+        z_hat = eb.quantize(z, "dequantize", eb._get_medians())
         idx, rel = self._scale_indexes(z_hat)
         near = rel < SCALE_MARGIN
         y_strings = gc.compress(y, idx)
@@ -253,8 +253,9 @@ class ImageCoder:
             raise ImageCodecError("decoder-side entropy scales differ from the encoder's beyond the "
                                   "exactness margin: a numerical disagreement between machines, or "
                                   "corrupt bytes; refusing to decode")
-        y_hat = gc.decompress([parts[2]], idx)
-        return y_hat, self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat.round()[0].to(torch.int32).cpu().numpy().tobytes()
+        y_hat = gc.decompress([parts[2]], idx)  # the symbols themselves (no means)
+        sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
+        return y_hat, sym
 
     def _n_strings(self) -> int:
         if not hasattr(self, "_ns"):

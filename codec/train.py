@@ -285,7 +285,8 @@ def export(run: Path, out: str, args) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder (state.pt, log.jsonl, config.json)")
     p.add_argument("--arch", default="factorized", choices=list(image_models.EXACT_ARCHS),
-                   help="factorized (Balle 2017) or hyperprior (Balle 2018 scale hyperprior, 3 more conv layers each side)")
+                   help="factorized (Balle 2017) or hyperprior (Balle 2018 scale hyperprior, "
+                        "3 more conv layers each side)")
     p.add_argument("--N", type=int, default=64)
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lmbda", type=float, default=0.0018)

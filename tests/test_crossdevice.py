@@ -59,5 +59,6 @@ def test_cpu_to_cpu(inputs, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_to_cpu(inputs, tmp_path):
-    crossdevice.encode_side(str(inputs), "cuda", str(tmp_path / "side"), points=["semarc-f1", "semarc-p11", "semarc-h05b"])
+    crossdevice.encode_side(str(inputs), "cuda", str(tmp_path / "side"),
+                            points=["semarc-f1", "semarc-p11", "semarc-h05b"])
     _check(crossdevice.compare(str(inputs), str(tmp_path / "side"), str(tmp_path / "cmp")), same_device=False)
