@@ -2,8 +2,10 @@
 slowest stage, and its memory, at 1,000 and 10,000 inputs.
 
 Inputs: distinct crops of the bundled sample photos (PNG, ``--crop`` pixels
-square), a caption on every fourth, in a local folder with a manifest; output
-to a local folder. For each size, in the same run:
+square), each with a real caption (COCO val2017 captions in a fixed shuffled
+order, seed 0; ``--caption-every K`` puts one on every K-th input only), in a
+local folder with a manifest; output to a local folder. For each size, in the
+same run:
 
 * ``stage_bound``: each stage's isolated per-input cost, measured in this
   process on a sample of the same inputs with one torch thread (image stage:
@@ -40,7 +42,15 @@ import time
 from pathlib import Path
 
 
-def _make_inputs(d: Path, n: int, crop: int) -> list[dict]:
+def _captions(shared: Path) -> list[str]:
+    import random
+
+    caps = [a["caption"] for a in json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]]
+    random.Random(0).shuffle(caps)
+    return caps
+
+
+def _make_inputs(d: Path, n: int, crop: int, captions: list[str], every: int) -> list[dict]:
     from PIL import Image
 
     from semarc.jobs.sample import write_sample
@@ -62,10 +72,10 @@ def _make_inputs(d: Path, n: int, crop: int) -> list[dict]:
             im.crop((x, y, x + crop, y + crop)).save(buf, "PNG", compress_level=1)
             p.write_bytes(buf.getvalue())
         row = {"uri": f"img/{i:05d}.png", "key": f"k{i:05d}"}
-        if i % 4 == 0:
-            row["caption"] = f"A crop of photo {i % len(photos)} at {x}, {y}."
+        if i % every == 0:
+            row["caption"] = captions[i % len(captions)]
         rows.append(row)
-    (d / f"manifest-{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / f"manifest-{n}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
@@ -162,19 +172,23 @@ def _run_job(d: Path, n: int, num_cpus: int, image_batch: int) -> dict:
 
 
 def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, image_batch: int = 4,
-        caption_batch: int = 64, work: str | None = None) -> dict:
+        caption_batch: int = 64, work: str | None = None, shared: str = "../shared/data",
+        caption_every: int = 1) -> dict:
     from semarc.cluster.ray_cluster import size_pools
 
     work_dir = Path(work or (Path(out_dir) / "_pipeline_work"))
     work_dir.mkdir(parents=True, exist_ok=True)
     specs = size_pools(num_cpus, 0, caption_batch, image_batch)
+    captions = _captions(Path(shared))
     result = {"command": f"semarc bench pipeline --out {out_dir} --sizes {','.join(map(str, sizes))} --crop {crop} "
-                         f"--num-cpus {num_cpus}",
+                         f"--num-cpus {num_cpus}" + (f" --caption-every {caption_every}" if caption_every != 1 else ""),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "crop": crop,
+              "captions": f"COCO val2017 (shuffled, seed 0) on every {caption_every} input(s)"
+                          if caption_every != 1 else "COCO val2017 (shuffled, seed 0) on every input",
               "pools": {k: {"size": s.size, "batch": s.batch_size} for k, s in specs.items()}, "runs": []}
     for n in sizes:
         print(f"[pipeline] {n} inputs", file=sys.stderr, flush=True)
-        rows = _make_inputs(work_dir, n, crop)
+        rows = _make_inputs(work_dir, n, crop, captions, caption_every)
         costs = _stage_costs(work_dir, rows, image_batch, caption_batch)
         bounds = {"image": specs["image"].size / costs["image_s_per_input"],
                   "caption": specs["caption"].size / costs["caption_s_per_input"]}
@@ -206,6 +220,7 @@ def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, i
     (out / "pipeline.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["# Encode pipeline: whole job vs its slowest stage", "",
              f"Command: `{result['command']}` ({result['machine']}; pools {json.dumps(result['pools'])}).", "",
+             f"Inputs: {crop}x{crop} crops of the bundled photos; captions: {result['captions']}.", "",
              "| inputs | throughput (img/s) | stage bound (img/s) | slowest stage | overhead | driver peak RSS (MB) | "
              "largest worker peak RSS (MB) | wall (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["runs"]:

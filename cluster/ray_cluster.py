@@ -48,7 +48,8 @@ class PoolSpec:
 def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: int = 4,
                caption_pool: int | None = None, image_pool: int | None = None, captioner: bool = False,
                captioner_batch: int = 8, captioner_pool: int | None = None,
-               captioner_gpus: float | None = None, generator: str = "captioner") -> dict[str, PoolSpec]:
+               captioner_gpus: float | None = None, generator: str = "captioner",
+               caption_gpus: float | None = None, image_gpus: float | None = None) -> dict[str, PoolSpec]:
     """Split the cluster's CPUs (and GPUs) between the caption-coding and the
     image-coding pools. Without GPUs each actor takes one CPU (its torch uses
     that many threads); the two pools share the CPUs about evenly, at least one
@@ -60,11 +61,21 @@ def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: i
     about half of them (``captioner_gpus`` per actor: default a whole GPU, half
     of one on a one-GPU machine) and the coding pools share the rest; without
     GPUs it takes a third of the CPUs. Where the pools would ask for more CPUs
-    or GPUs than the cluster has (at least one actor each), every actor's share
-    is scaled down so that all of them can be placed."""
-    if not captioner:
-        return _coding_pools(cpus, gpus, caption_batch, image_batch, caption_pool, image_pool)
+    or GPUs than the cluster has (at least one actor each, or pool sizes given
+    by hand), every actor's share is scaled down so that all of them can be
+    placed: e.g. ``caption_pool=2, image_pool=1`` on 2 CPUs gives each actor
+    0.6666 CPU, for work where caption coding costs far more than image coding.
+
+    ``caption_gpus`` / ``image_gpus``: GPUs per caption-coding / image-coding
+    actor instead of the default share (0 keeps that pool on CPUs). An actor
+    with a GPU share codes on that GPU (``workers.device``)."""
     cpus_i = max(1, int(cpus))
+    if not captioner:
+        specs = _coding_pools(cpus, gpus, caption_batch, image_batch, caption_pool, image_pool)
+        _gpu_shares(specs, caption_gpus, image_gpus)
+        _fit(specs, "num_cpus", float(cpus_i))  # pool sizes given by hand may ask for more than there is
+        _fit(specs, "num_gpus", float(gpus))
+        return specs
     if gpus >= 1:
         frac = float(captioner_gpus) if captioner_gpus else (1.0 if gpus >= 2 else 0.5)
         n = captioner_pool or max(1, int(gpus / 2 / frac + 1e-9))
@@ -75,10 +86,19 @@ def size_pools(cpus: float, gpus: float, caption_batch: int = 64, image_batch: i
         n = captioner_pool or max(1, cpus_i // 3)
         cpt = PoolSpec(generator, n, 1, 0, captioner_batch)
         specs = _coding_pools(max(1, cpus_i - n), 0, caption_batch, image_batch, caption_pool, image_pool)
+    _gpu_shares(specs, caption_gpus, image_gpus)
     specs[generator] = cpt
     _fit(specs, "num_cpus", float(cpus_i))
     _fit(specs, "num_gpus", float(gpus))
     return specs
+
+
+def _gpu_shares(specs: dict[str, PoolSpec], caption_gpus: float | None, image_gpus: float | None) -> None:
+    for name, share in (("caption", caption_gpus), ("image", image_gpus)):
+        if share is not None:
+            if share < 0:
+                raise ValueError(f"{name} GPUs per actor must be >= 0, not {share}")
+            specs[name].num_gpus = float(share)
 
 
 def _fit(specs: dict[str, PoolSpec], res: str, have: float) -> None:

@@ -203,7 +203,7 @@ def load_coder(model: str, profile: str = "portable", batch_size: int = 64, **kw
     from . import lm as lm_mod
 
     if profile == "portable":
-        return CaptionCoder(model=model, profile=profile, batch_size=batch_size)
+        return CaptionCoder(model=model, profile=profile, batch_size=batch_size, **kw)
     if profile == "vllm":
         from .lm_vllm import VllmTopK
 

@@ -58,14 +58,40 @@ def resolve_model_source(name: str, gguf_file: str | None = None) -> ModelSource
     return ModelSource(name, name, gguf_file)
 
 
-def _hash_state_dict(model: torch.nn.Module) -> str:
+def _hash_state_dict(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a model's state dict (names sorted; name, shape and the
+    float32 bytes of each tensor)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         t = t.detach().to("cpu", torch.float32).contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(memoryview(t.numpy()).cast("B"))  # the same bytes as .tobytes(), without the copy
     return h.hexdigest()
+
+
+class _Background:
+    """``fn(*args)`` in a thread; ``result()`` waits and returns it (or raises its error)."""
+
+    def __init__(self, fn, *args) -> None:
+        import threading
+
+        self._out: list = []
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._out.append((True, fn(*args)))
+        except BaseException as e:  # handed to the caller of result()
+            self._out.append((False, e))
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._out[0]
+        if not ok:
+            raise value
+        return value
 
 
 _RMSNORM_CLASSES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm",
@@ -147,10 +173,15 @@ def _no_init():
     return no_init_weights()
 
 
-def _load_gguf_cached(source: ModelSource):
+def _load_gguf_cached(source: ModelSource, dtype: torch.dtype = torch.float32):
     """Load a GGUF model, de-quantised once and cached as safetensors (GGUF
     de-quantisation takes ~15 s per process; the cached float32 weights are
-    bit-identical, so the model's fingerprint does not change)."""
+    bit-identical, so the model's fingerprint does not change).
+
+    Returns ``(tokenizer, model, weights)``: from the cache the model is built
+    in ``dtype`` directly (the float32 values copied in exactly) and
+    ``weights`` holds the cached float32 tensors by name, for the weights hash;
+    on the first load the model is float32 and ``weights`` is None."""
     import shutil
     import tempfile
 
@@ -161,13 +192,14 @@ def _load_gguf_cached(source: ModelSource):
     if os.path.exists(os.path.join(cache, "COMPLETE")):
         tok = AutoTokenizer.from_pretrained(cache)
         with _no_init():  # every weight comes from the cache: skip the random initialisation (~1 s)
-            net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=torch.float32,
+            net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=dtype,
                                                    attn_implementation="sdpa")
-        missing, unexpected = net.load_state_dict(load_file(os.path.join(cache, "model.safetensors")), strict=False)
+        weights = load_file(os.path.join(cache, "model.safetensors"))
+        missing, unexpected = net.load_state_dict(weights, strict=False)
         if unexpected or any(k != "lm_head.weight" for k in missing):
             raise RuntimeError(f"damaged model cache {cache}: delete it")
         net.tie_weights()
-        return tok, net.eval()
+        return tok, net.eval(), weights
     kw = {"gguf_file": source.gguf_file}
     with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
         tok = AutoTokenizer.from_pretrained(source.path, **kw)
@@ -187,7 +219,7 @@ def _load_gguf_cached(source: ModelSource):
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
         pass  # a read-only home: no cache, just slower starts
-    return tok, net
+    return tok, net, None
 
 
 def tokenizer_sha256(tokenizer) -> str:
@@ -220,15 +252,20 @@ class TransformersLM(HFTokens):
 
         hf_logging.disable_progress_bar()
         self.source = resolve_model_source(model, gguf_file)
-        self.tokenizer, net = _load_gguf_cached(self.source) if self.source.gguf_file else (None, None)
-        if net is None:
+        weights = None
+        if self.source.gguf_file:
+            self.tokenizer, net, weights = _load_gguf_cached(self.source, dtype if device == "cpu" else torch.float32)
+        else:
             with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
                 self.tokenizer = AutoTokenizer.from_pretrained(self.source.path)
                 net = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=torch.float32,
                                                            attn_implementation="sdpa")
         params = inspect.signature(net.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._weights_sha = _hash_state_dict(net)
+        # the hash of the float32 weights runs beside the rest of the start-up (hashlib and torch release
+        # the GIL); the fingerprint waits for it
+        self._weights_sha = _Background(_hash_state_dict, {k: (weights or {}).get(k, v)
+                                                           for k, v in net.state_dict().items()})
         self.model = net.to(device=device, dtype=dtype).eval()
         self.patched = make_float64_clean(self.model) if dtype == torch.float64 else []
         self.dtype, self.device = dtype, device
@@ -299,7 +336,7 @@ class TransformersLM(HFTokens):
         return c if c is not None else out.past_key_values
 
     def fingerprint_fields(self) -> dict:
-        return {"backend": self.backend, "model": self.source.name, "weights_sha256": self._weights_sha,
+        return {"backend": self.backend, "model": self.source.name, "weights_sha256": self._weights_sha.result(),
                 "tokenizer_sha256": self._tokenizer_sha, "precision": str(self.dtype).replace("torch.", ""),
                 "float64_clean": bool(self.patched)}
 

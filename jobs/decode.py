@@ -46,6 +46,10 @@ class DecodeOptions:
     codec: str | None = None          # default: the codec named in the shards' profile table
     caption_batch: int = 64
     image_batch: int = 4
+    caption_pool: int | None = None   # actors per coding pool (default: cluster.ray_cluster.size_pools)
+    image_pool: int | None = None
+    caption_gpus: float | None = None  # GPUs per coding actor (default: an even share of what is left)
+    image_gpus: float | None = None
     threads_per_actor: int = 1
     storage_options: dict = field(default_factory=dict)
     progress: bool = True
@@ -185,8 +189,10 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
 
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
-                       captioner=ref_cfg is not None, captioner_batch=opts.image_batch,
-                       captioner_pool=opts.refiner_pool, captioner_gpus=opts.refiner_gpus, generator="refiner")
+                       opts.caption_pool, opts.image_pool, captioner=ref_cfg is not None,
+                       captioner_batch=opts.image_batch, captioner_pool=opts.refiner_pool,
+                       captioner_gpus=opts.refiner_gpus, generator="refiner", caption_gpus=opts.caption_gpus,
+                       image_gpus=opts.image_gpus)
     todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
     progress = Progress(todo if keys is None else 0, enabled=opts.progress)
     cap_desc, img_desc = profiles["caption"], profiles["image"]

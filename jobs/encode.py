@@ -41,8 +41,10 @@ class EncodeOptions:
     num_cpus: int | None = None
     caption_batch: int = 64
     image_batch: int = 4
-    caption_pool: int | None = None
+    caption_pool: int | None = None   # actors per coding pool (default: cluster.ray_cluster.size_pools)
     image_pool: int | None = None
+    caption_gpus: float | None = None  # GPUs per coding actor (default: an even share of what is left)
+    image_gpus: float | None = None
     threads_per_actor: int = 1
     storage_options: dict = field(default_factory=dict)
     progress: bool = True
@@ -144,7 +146,8 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
                        opts.caption_pool, opts.image_pool, captioner=bool(opts.captioner),
                        captioner_batch=opts.captioner_batch, captioner_pool=opts.captioner_pool,
-                       captioner_gpus=opts.captioner_gpus)
+                       captioner_gpus=opts.captioner_gpus, caption_gpus=opts.caption_gpus,
+                       image_gpus=opts.image_gpus)
     caption_model = opts.caption_model
     if opts.one_lmm:  # the captioner's language model, as a causal-LM folder (cached; see codec/captioner.py)
         from ..codec.captioner import export_text_lm

@@ -33,19 +33,43 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def cmd_encode(args) -> int:
-    from semarc.jobs.encode import EncodeOptions, run_encode
+def _add_pools(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("coding pools", "actors, batch sizes and GPU shares of the caption-coding and "
+                                             "image-coding stages (default: by cluster size, docs/cluster.md)")
+    g.add_argument("--caption-batch", type=int, default=64, help="captions per caption-coding call")
+    g.add_argument("--image-batch", type=int, default=4, help="images per image-coding call")
+    g.add_argument("--caption-pool", type=int, default=None, help="caption-coding actors")
+    g.add_argument("--image-pool", type=int, default=None, help="image-coding actors")
+    g.add_argument("--caption-gpus", type=float, default=None,
+                   help="GPUs per caption-coding actor (0: CPU only; default: a share of the GPUs left)")
+    g.add_argument("--image-gpus", type=float, default=None,
+                   help="GPUs per image-coding actor (0: CPU only; default: a share of the GPUs left)")
 
-    opts = EncodeOptions(codec=args.codec, caption_model=args.caption_model, caption_profile=args.caption_profile,
+
+def _pool_options(args) -> dict:
+    return {"caption_batch": args.caption_batch, "image_batch": args.image_batch,
+            "caption_pool": args.caption_pool, "image_pool": args.image_pool,
+            "caption_gpus": args.caption_gpus, "image_gpus": args.image_gpus}
+
+
+def encode_options(args):
+    from semarc.jobs.encode import EncodeOptions
+
+    return EncodeOptions(codec=args.codec, caption_model=args.caption_model, caption_profile=args.caption_profile,
                          shard_size=args.shard_size, address=args.address, num_cpus=args.num_cpus,
-                         caption_batch=args.caption_batch, image_batch=args.image_batch,
+                         **_pool_options(args),
                          storage_options=_storage_options(args), progress=not args.no_progress,
                          captioner=args.captioner, captioner_backend=args.captioner_backend,
                          caption_prompt=args.caption_prompt, caption_max_tokens=args.caption_max_tokens,
                          captioner_batch=args.captioner_batch, captioner_pool=args.captioner_pool,
                          captioner_gpus=args.captioner_gpus, gpu_memory_utilization=args.gpu_memory_utilization,
                          one_lmm=args.one_lmm)
-    r = run_encode(args.src, args.dst, opts)
+
+
+def cmd_encode(args) -> int:
+    from semarc.jobs.encode import run_encode
+
+    r = run_encode(args.src, args.dst, encode_options(args))
     t = r.totals
     print(f"semarc encode: {r.records} records in {r.shards} shards ({r.shards_skipped} already done): "
           f"{r.ok} ok, {r.errors} errors; {t['bytes_total']} bytes "
@@ -57,20 +81,25 @@ def cmd_encode(args) -> int:
     return r.exit_code
 
 
-def cmd_decode(args) -> int:
-    from semarc.jobs.decode import DecodeOptions, run_decode
+def decode_options(args):
+    from semarc.jobs.decode import DecodeOptions
 
     keys = None
     if args.keys:
         keys = [k for k in open(args.keys, encoding="utf-8").read().splitlines() if k] \
             if os.path.isfile(args.keys) else args.keys.split(",")
-    opts = DecodeOptions(fmt=args.format, shards=args.shards.split(",") if args.shards else None, keys=keys,
+    return DecodeOptions(fmt=args.format, shards=args.shards.split(",") if args.shards else None, keys=keys,
                          address=args.address, num_cpus=args.num_cpus, caption_model=args.caption_model,
                          codec=args.codec, storage_options=_storage_options(args), progress=not args.no_progress,
                          refiner=args.refiner, refine_strength=args.refine_strength, refine_steps=args.refine_steps,
                          refine_guidance=args.refine_guidance, refine_seed=args.refine_seed,
-                         refiner_pool=args.refiner_pool, refiner_gpus=args.refiner_gpus)
-    r = run_decode(args.src, args.dst, opts)
+                         refiner_pool=args.refiner_pool, refiner_gpus=args.refiner_gpus, **_pool_options(args))
+
+
+def cmd_decode(args) -> int:
+    from semarc.jobs.decode import run_decode
+
+    r = run_decode(args.src, args.dst, decode_options(args))
     print(f"semarc decode: {r.decoded} records decoded, {r.errors} failed, {r.skipped_error_rows} error rows "
           f"skipped; {r.shards} shards ({r.shards_skipped} already done); {r.seconds:.1f} s", flush=True)
     return r.exit_code
@@ -143,7 +172,7 @@ def cmd_bench(args) -> int:
         from semarc.bench import pipeline
 
         pipeline.run(args.out, sizes=[int(x) for x in args.sizes.split(",")], crop=args.crop,
-                     num_cpus=args.num_cpus or 2)
+                     num_cpus=args.num_cpus or 2, shared=args.shared, caption_every=args.caption_every)
         return EXIT_OK
     if args.what == "coco-roundtrip":
         from semarc.bench import coco_roundtrip
@@ -195,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="portable: float64, decodes anywhere (default); vllm: top-k from a vLLM engine on a GPU, "
                         "decodes under the same recorded conditions")
     e.add_argument("--shard-size", type=int, default=256, help="records per shard")
-    e.add_argument("--caption-batch", type=int, default=64)
-    e.add_argument("--image-batch", type=int, default=4)
+    _add_pools(e)
     g = e.add_argument_group("captioning", "generate a caption for every record without a manifest caption "
                                            "(docs/captioning.md)")
     g.add_argument("--captioner", default=None, metavar="MODEL",
@@ -238,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refiner-pool", type=int, default=None, help="refiner actors (default: by cluster size)")
     r.add_argument("--refiner-gpus", type=float, default=None,
                    help="GPUs per refiner actor (default: 1, or 0.5 on a one-GPU cluster)")
+    _add_pools(d)
     _add_cluster(d)
     d.set_defaults(func=cmd_decode)
 
@@ -274,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--points", default=None, help="kodak, crossdevice: comma-separated semarc rate points (default: all shipped)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline: input image side in pixels")
+    b.add_argument("--caption-every", type=int, default=1,
+                   help="pipeline: a caption on every K-th input (default 1: on every input)")
     b.add_argument("--num-cpus", type=int, default=None, help="pipeline: CPUs of the local Ray cluster (default 2)")
     b.add_argument("--prepare", default=None, metavar="DIR", help="crossdevice: write the shared inputs to DIR")
     b.add_argument("--inputs", default=None, metavar="DIR", help="crossdevice: the inputs written by --prepare")

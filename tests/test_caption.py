@@ -173,6 +173,9 @@ def test_profile_fingerprint_mismatch_is_refused(caption_coder):
         record.check_profile(table, "caption", other)
 
 
+SMOLLM2_WEIGHTS_SHA256 = "eba337aebd7d10e571a0b7732b7a5d8004187ea3e204e03c15d9b7c034de2bd3"
+
+
 def test_gguf_cache_gives_the_same_model(tmp_path, monkeypatch):
     from semarc.codec.lm import TransformersLM
 
@@ -181,6 +184,11 @@ def test_gguf_cache_gives_the_same_model(tmp_path, monkeypatch):
     assert list(tmp_path.glob("lm/*/COMPLETE"))
     warm = TransformersLM(dtype=torch.float32)
     assert cold.fingerprint_fields() == warm.fingerprint_fields()
+    # float64 straight from the cache (weights hashed from the cached float32 tensors, beside the load):
+    # the same weights hash, the one every archive written so far names (bench/results/coco_prefill)
+    warm64 = TransformersLM(dtype=torch.float64)
+    assert {**warm64.fingerprint_fields(), "precision": "float32", "float64_clean": False} == cold.fingerprint_fields()
+    assert cold.fingerprint_fields()["weights_sha256"] == SMOLLM2_WEIGHTS_SHA256
     ids = cold.tokenize("a cached model")
     assert torch.equal(cold.score(cold.encode_prefix("x"), [ids])[0], warm.score(warm.encode_prefix("x"), [ids])[0])
 

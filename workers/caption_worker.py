@@ -12,11 +12,16 @@ def _threads(n: int) -> None:
 
 
 class CaptionWorker:
-    def __init__(self, model: str, profile: str, threads: int = 1, batch_size: int = 64) -> None:
+    def __init__(self, model: str, profile: str, threads: int = 1, batch_size: int = 64,
+                 device: str = "auto") -> None:
         _threads(threads)
         from semarc.codec.caption_topk import load_coder
 
-        self.coder = load_coder(model, profile, batch_size=batch_size)
+        from .device import pick_device
+
+        # the vllm profile's engine places itself; the portable coder runs where Ray put the actor
+        self.coder = load_coder(model, profile, batch_size=batch_size,
+                                **({"device": pick_device(device)} if profile == "portable" else {}))
         self._desc = self.coder.describe()
 
     def pid(self) -> int:

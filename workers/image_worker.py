@@ -8,13 +8,15 @@ import os
 
 class ImageWorker:
     def __init__(self, codec: str, threads: int = 1, storage_options: dict | None = None,
-                 zoo_pretrained: bool = True) -> None:
+                 zoo_pretrained: bool = True, device: str = "auto") -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
         from semarc.codec.image import ImageCoder
 
-        self.coder = ImageCoder(codec, zoo_pretrained=zoo_pretrained)
+        from .device import pick_device
+
+        self.coder = ImageCoder(codec, device=pick_device(device), zoo_pretrained=zoo_pretrained)
         self.storage_options = storage_options or {}
 
     def pid(self) -> int:
