@@ -185,9 +185,11 @@ def test_joins_an_existing_cluster_by_address(job, tmp_path):
 
 
 def test_decode_a_list_of_keys_as_webp(job):
+    """Also: pools sized by hand beyond the cluster (4 actors, 2 CPUs) are scaled to fit (regression: an
+    actor Ray could not place left the job waiting forever)."""
     dec = job["base"] / "dec_keys"
     r = run_cli("decode", job["out"], dec, "--keys", "chelsea,coffee", "--format", "webp", "--num-cpus", "2",
-                "--no-progress")
+                "--no-progress", "--caption-pool", "2", "--image-pool", "2", "--image-batch", "1", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     got = [json.loads(x)["key"] for x in (dec / "captions.jsonl").read_text().splitlines()]
     assert got == ["chelsea", "coffee"]
