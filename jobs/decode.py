@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import fsspec
 
@@ -31,28 +31,18 @@ from ..cluster.ray_cluster import ray_session, size_pools
 from .encode import EXIT_ERROR_ROWS, EXIT_OK, ensure_loaded
 from .inputs import JobError
 from .keys import safe_relpath
+from .options import JobOptions
 from .progress import Progress
 from .shards import FORMAT, list_shards, publish, publish_file, read_metadata, read_shard
 
 
 @dataclass
-class DecodeOptions:
+class DecodeOptions(JobOptions):
     fmt: str = "png"
     shards: list[str] | None = None   # shard names (part-00003) or indices
     keys: list[str] | None = None
-    address: str | None = None
-    num_cpus: int | None = None
     caption_model: str | None = None  # default: the model named in the shards' profile table
     codec: str | None = None          # default: the codec named in the shards' profile table
-    caption_batch: int = 64
-    image_batch: int = 4
-    caption_pool: int | None = None   # actors per coding pool (default: cluster.ray_cluster.size_pools)
-    image_pool: int | None = None
-    caption_gpus: float | None = None  # GPUs per coding actor (default: an even share of what is left)
-    image_gpus: float | None = None
-    threads_per_actor: int = 1
-    storage_options: dict = field(default_factory=dict)
-    progress: bool = True
     # generative refinement (codec/refiner.py): a diffusers image-to-image model
     refiner: str | None = None
     refine_strength: float = 0.3
@@ -188,11 +178,9 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     from ..workers.pool import codec_pools, gather, gather_sparse, refiner_pool, submit_batches, submit_sparse
 
     res = ray.cluster_resources()
-    specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), opts.caption_batch, opts.image_batch,
-                       opts.caption_pool, opts.image_pool, captioner=ref_cfg is not None,
+    specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), **opts.coding_pools(), captioner=ref_cfg is not None,
                        captioner_batch=opts.image_batch, captioner_pool=opts.refiner_pool,
-                       captioner_gpus=opts.refiner_gpus, generator="refiner", caption_gpus=opts.caption_gpus,
-                       image_gpus=opts.image_gpus)
+                       captioner_gpus=opts.refiner_gpus, generator="refiner")
     todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
     progress = Progress(todo if keys is None else 0, enabled=opts.progress)
     cap_desc, img_desc = profiles["caption"], profiles["image"]
