@@ -61,7 +61,7 @@ def smollm2_tokenizer():
     src = lm_mod.resolve_model_source(lm_mod.DEFAULT_MODEL)
     cache = lm_mod._gguf_cache_dir(src)
     if not os.path.exists(os.path.join(cache, "COMPLETE")):
-        tok = lm_mod._load_gguf_cached(src)[0]
+        tok, _ = lm_mod._load_gguf_cached(src)
         return tok
     return AutoTokenizer.from_pretrained(cache)
 

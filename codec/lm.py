@@ -150,15 +150,10 @@ def _no_init():
     return no_init_weights()
 
 
-def _load_gguf_cached(source: ModelSource, dtype: torch.dtype = torch.float32):
+def _load_gguf_cached(source: ModelSource):
     """Load a GGUF model, de-quantised once and cached as safetensors (GGUF
     de-quantisation takes ~15 s per process; the cached float32 weights are
-    bit-identical, so the model's fingerprint does not change).
-
-    Returns ``(tokenizer, model, weights)``: from the cache the model is built
-    in ``dtype`` directly (the float32 values copied in exactly) and
-    ``weights`` holds the cached float32 tensors by name, for the weights hash;
-    on the first load the model is float32 and ``weights`` is None."""
+    bit-identical, so the model's fingerprint does not change)."""
     import shutil
     import tempfile
 
@@ -169,14 +164,13 @@ def _load_gguf_cached(source: ModelSource, dtype: torch.dtype = torch.float32):
     if os.path.exists(os.path.join(cache, "COMPLETE")):
         tok = AutoTokenizer.from_pretrained(cache)
         with _no_init():  # every weight comes from the cache: skip the random initialisation (~1 s)
-            net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=dtype,
+            net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cache), dtype=torch.float32,
                                                    attn_implementation="sdpa")
-        weights = load_file(os.path.join(cache, "model.safetensors"))
-        missing, unexpected = net.load_state_dict(weights, strict=False)
+        missing, unexpected = net.load_state_dict(load_file(os.path.join(cache, "model.safetensors")), strict=False)
         if unexpected or any(k != "lm_head.weight" for k in missing):
             raise RuntimeError(f"damaged model cache {cache}: delete it")
         net.tie_weights()
-        return tok, net.eval(), weights
+        return tok, net.eval()
     kw = {"gguf_file": source.gguf_file}
     with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
         tok = AutoTokenizer.from_pretrained(source.path, **kw)
@@ -196,7 +190,7 @@ def _load_gguf_cached(source: ModelSource, dtype: torch.dtype = torch.float32):
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
         pass  # a read-only home: no cache, just slower starts
-    return tok, net, None
+    return tok, net
 
 
 def tokenizer_sha256(tokenizer) -> str:
@@ -229,10 +223,8 @@ class TransformersLM(HFTokens):
 
         hf_logging.disable_progress_bar()
         self.source = resolve_model_source(model, gguf_file)
-        weights = None
-        if self.source.gguf_file:
-            self.tokenizer, net, weights = _load_gguf_cached(self.source, dtype if device == "cpu" else torch.float32)
-        else:
+        self.tokenizer, net = _load_gguf_cached(self.source) if self.source.gguf_file else (None, None)
+        if net is None:
             with contextlib.redirect_stderr(io.StringIO()):  # GGUF conversion draws a progress bar
                 self.tokenizer = AutoTokenizer.from_pretrained(self.source.path)
                 net = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=torch.float32,
@@ -242,8 +234,7 @@ class TransformersLM(HFTokens):
         # the hash of the float32 weights runs beside the rest of the start-up (hashlib and torch release
         # the GIL); the fingerprint waits for it
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="semarc-weights-hash")
-        self._weights_sha = pool.submit(_hash_state_dict, {k: (weights or {}).get(k, v)
-                                                           for k, v in net.state_dict().items()})
+        self._weights_sha = pool.submit(_hash_state_dict, net.state_dict())  # float32 tensors, kept by the dict
         pool.shutdown(wait=False)
         self.model = net.to(device=device, dtype=dtype).eval()
         self.patched = make_float64_clean(self.model) if dtype == torch.float64 else []

@@ -184,8 +184,8 @@ def test_gguf_cache_gives_the_same_model(tmp_path, monkeypatch):
     assert list(tmp_path.glob("lm/*/COMPLETE"))
     warm = TransformersLM(dtype=torch.float32)
     assert cold.fingerprint_fields() == warm.fingerprint_fields()
-    # float64 straight from the cache (weights hashed from the cached float32 tensors, beside the load):
-    # the same weights hash, the one every archive written so far names (bench/results/coco_prefill)
+    # float64 (the weights hash runs in a thread beside the conversion): the same weights hash, the one
+    # every archive written so far names (bench/results/coco_prefill)
     warm64 = TransformersLM(dtype=torch.float64)
     assert {**warm64.fingerprint_fields(), "precision": "float32", "float64_clean": False} == cold.fingerprint_fields()
     assert cold.fingerprint_fields()["weights_sha256"] == SMOLLM2_WEIGHTS_SHA256
