@@ -27,14 +27,18 @@ from pathlib import Path
 import torch
 
 
+def coco_shuffled(shared: Path, seed: int = 0) -> list[str]:
+    """All COCO val2017 captions in a fixed shuffled order."""
+    caps = [a["caption"] for a in json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]]
+    random.Random(seed).shuffle(caps)
+    return caps
+
+
 def load_sets(shared: Path, n_coco: int = 500, seed: int = 0) -> tuple[dict[str, list[str]], list[str]]:
     kodak = [r["caption"] for r in csv.DictReader(open(shared / "kodak_captions.csv", encoding="utf-8"))]
-    coco_all = [a["caption"] for a in json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]]
-    idx = list(range(len(coco_all)))
-    random.Random(seed).shuffle(idx)
-    sample = [coco_all[i] for i in idx[:n_coco]]
-    rest = [coco_all[i] for i in idx[n_coco:]]  # disjoint from the sample: dictionary training
-    return {"kodak": kodak, "coco": sample}, rest
+    coco = coco_shuffled(shared, seed)
+    # the rest is disjoint from the sample: dictionary training
+    return {"kodak": kodak, "coco": coco[:n_coco]}, coco[n_coco:]
 
 
 def rank_zlib_sizes(lm, prefix: list[int], caps: list[str], context: int = 8, batch: int = 256) -> list[int]:

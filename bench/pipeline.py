@@ -42,14 +42,6 @@ import time
 from pathlib import Path
 
 
-def _captions(shared: Path) -> list[str]:
-    import random
-
-    caps = [a["caption"] for a in json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]]
-    random.Random(0).shuffle(caps)
-    return caps
-
-
 def _make_inputs(d: Path, n: int, crop: int, captions: list[str], every: int) -> list[dict]:
     from PIL import Image
 
@@ -174,12 +166,13 @@ def _run_job(d: Path, n: int, num_cpus: int, image_batch: int) -> dict:
 def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, image_batch: int = 4,
         caption_batch: int = 64, work: str | None = None, shared: str = "../shared/data",
         caption_every: int = 1) -> dict:
+    from semarc.bench.captions import coco_shuffled
     from semarc.cluster.ray_cluster import size_pools
 
     work_dir = Path(work or (Path(out_dir) / "_pipeline_work"))
     work_dir.mkdir(parents=True, exist_ok=True)
     specs = size_pools(num_cpus, 0, caption_batch, image_batch)
-    captions = _captions(Path(shared))
+    captions = coco_shuffled(Path(shared))  # the caption bench's order: its 500-caption sample comes first
     result = {"command": f"semarc bench pipeline --out {out_dir} --sizes {','.join(map(str, sizes))} --crop {crop} "
                          f"--num-cpus {num_cpus}" + (f" --caption-every {caption_every}" if caption_every != 1 else ""),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "crop": crop,

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+CODING_POOL_FIELDS = ("caption_batch", "image_batch", "caption_pool", "image_pool", "caption_gpus", "image_gpus")
+
+
 @dataclass
 class JobOptions:
     address: str | None = None         # join this Ray cluster; default: start a local one
@@ -22,6 +25,4 @@ class JobOptions:
 
     def coding_pools(self) -> dict:
         """``size_pools`` keyword arguments for the caption- and image-coding pools."""
-        return {"caption_batch": self.caption_batch, "image_batch": self.image_batch,
-                "caption_pool": self.caption_pool, "image_pool": self.image_pool,
-                "caption_gpus": self.caption_gpus, "image_gpus": self.image_gpus}
+        return {k: getattr(self, k) for k in CODING_POOL_FIELDS}

@@ -47,9 +47,9 @@ def _add_pools(p: argparse.ArgumentParser) -> None:
 
 
 def _pool_options(args) -> dict:
-    return {"caption_batch": args.caption_batch, "image_batch": args.image_batch,
-            "caption_pool": args.caption_pool, "image_pool": args.image_pool,
-            "caption_gpus": args.caption_gpus, "image_gpus": args.image_gpus}
+    from semarc.jobs.options import CODING_POOL_FIELDS
+
+    return {k: getattr(args, k) for k in CODING_POOL_FIELDS}
 
 
 def encode_options(args):
