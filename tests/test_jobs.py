@@ -30,7 +30,8 @@ def job(tmp_path_factory):
     rows.append({"uri": "images/notes.png", "key": "bad/notes", "caption": "text pretending to be a PNG"})
     manifest.write_text("".join(json.dumps(x) + "\n" for x in rows))
     out = base / "out"
-    r = run_cli("encode", manifest, out, "--shard-size", "3", "--num-cpus", "2", "--no-progress")
+    r = run_cli("encode", manifest, out, "--shard-size", "3", "--num-cpus", "2", "--no-progress",
+                "--report", base / "encode-report.json")
     return {"base": base, "manifest": manifest, "rows": rows, "out": out, "result": r}
 
 
@@ -55,6 +56,25 @@ def test_encode_reports_error_rows_by_exit_status(job):
     assert len(ok) == 5 and all(r["error"] is None and r["bytes_image"] > 0 for r in ok)
 
 
+def test_the_report_says_what_each_pool_did(job):
+    """``--report``: the final report as JSON, with each pool's busy time
+    (workers.meter), also printed one line per pool after the summary."""
+    rep = json.loads((job["base"] / "encode-report.json").read_text())
+    assert (rep["records"], rep["ok"], rep["errors"], rep["shards"]) == (7, 5, 2, 3)
+    assert rep["totals"]["bytes_total"] == rep["bytes_total"] > 0
+    st = rep["stages"]
+    assert set(st) == {"caption coding", "image coding"}
+    # captions go to the caption coders only where a record has one; every input goes to the image coders
+    assert st["caption coding"]["items"] == sum(1 for x in job["rows"] if x.get("caption"))
+    assert st["image coding"]["items"] == len(job["rows"])
+    for s in st.values():
+        assert s["actors"] == 1 and s["busy_s"] > 0 and 0 < s["utilisation"] <= 1
+        assert s["s_per_item"] == pytest.approx(s["busy_s"] / s["items"], rel=1e-3)
+    lines = job["result"].stdout.splitlines()
+    assert lines[0].startswith("semarc encode: 7 records")
+    assert [x.split(":")[0].strip() for x in lines[1:3]] == ["caption coding", "image coding"]
+
+
 def test_inspect_bpp_is_computed_from_the_stored_bytes(job):
     r = run_cli("inspect", job["out"], "--json")
     assert r.returncode == 0, r.stderr
@@ -74,8 +94,12 @@ def test_inspect_bpp_is_computed_from_the_stored_bytes(job):
 
 def test_decode_restores_every_caption_exactly_and_every_size(job):
     dec = job["base"] / "dec"
-    r = run_cli("decode", job["out"], dec, "--num-cpus", "2", "--no-progress")
+    r = run_cli("decode", job["out"], dec, "--num-cpus", "2", "--no-progress", "--report", job["base"] / "dr.json")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    rep = json.loads((job["base"] / "dr.json").read_text())
+    assert (rep["decoded"], rep["errors"], rep["skipped_error_rows"]) == (5, 0, 2)
+    # every ok record went once through each decoding pool
+    assert {k: v["items"] for k, v in rep["stages"].items()} == {"caption decoding": 5, "image decoding": 5}
     got = [json.loads(x) for x in (dec / "captions.jsonl").read_text().splitlines()]
     want = [x for x in job["rows"] if not x["key"].startswith("bad/")]
     assert [(g["key"], g["caption"]) for g in got] == [(w["key"], w["caption"]) for w in want]

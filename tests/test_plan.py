@@ -110,3 +110,17 @@ def test_planning_memory_does_not_grow_with_the_number_of_inputs(tmp_path):
     # 20x the inputs: some MB more (the 8-byte key hashes, Arrow's memory pool), measured
     # 21-33 MB on two installs; holding the 380,000 extra records would cost >= 150 MB
     assert growth[400_000] - growth[20_000] < 60, growth
+
+
+def test_the_job_driver_does_not_import_torch():
+    """The command line and the job drivers stay torch-free: importing torch
+    costs a job about 1.3 s of start-up and the driver's memory (the models
+    load in the workers). Until session 7 the train-codec options pulled it in."""
+    code = ("import sys\n"
+            "from semarc import cli\n"
+            "cli.build_parser()\n"
+            "import semarc.jobs.encode, semarc.jobs.decode, semarc.jobs.inspect, semarc.workers.pool\n"
+            "import semarc.cluster.ray_cluster, semarc.bench.pipeline\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'compressai') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from .meter import Metered, metered
+
 
 def _threads(n: int) -> None:
     import torch
@@ -11,7 +13,7 @@ def _threads(n: int) -> None:
     torch.set_num_threads(max(1, int(n)))
 
 
-class CaptionWorker:
+class CaptionWorker(Metered):
     def __init__(self, model: str, profile: str, threads: int = 1, batch_size: int = 64,
                  device: str = "auto") -> None:
         _threads(threads)
@@ -30,6 +32,7 @@ class CaptionWorker:
     def describe(self) -> dict:
         return self._desc
 
+    @metered
     def encode(self, texts: list) -> list[dict | None]:
         """Per text: None (no caption), or {"section", "fallback", "reason"},
         or {"error"} for a value that is not text."""
@@ -47,6 +50,7 @@ class CaptionWorker:
             out[i] = {"section": c.payload, "fallback": c.mode == "fallback", "reason": c.reason}
         return out
 
+    @metered
     def decode(self, sections: list, profiles: dict) -> list[dict]:
         """Per section: {"caption": str|None} or {"error": str}. A wrong model or
         profile, a corrupt stream or a failed check is an error, never a guess."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
+from .meter import Metered, metered
 
-class CaptionerWorker:
+
+class CaptionerWorker(Metered):
     def __init__(self, config: dict, threads: int = 1, storage_options: dict | None = None) -> None:
         import torch
 
@@ -28,6 +30,7 @@ class CaptionerWorker:
         with fsspec.open(uri, "rb", **self.storage_options) as f:
             return f.read()
 
+    @metered
     def caption(self, uris: list[str]) -> list[dict]:
         """Per uri: {"caption": str} or {"error": "caption: ..."}; a bad image
         never fails the others."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
+from .meter import Metered, metered
 
-class ImageWorker:
+
+class ImageWorker(Metered):
     def __init__(self, codec: str, threads: int = 1, storage_options: dict | None = None,
                  zoo_pretrained: bool = True, device: str = "auto") -> None:
         import torch
@@ -31,6 +33,7 @@ class ImageWorker:
         with fsspec.open(uri, "rb", **self.storage_options) as f:
             return f.read()
 
+    @metered
     def encode(self, uris: list[str]) -> list[dict]:
         """Per uri: {"width", "height", "section"} or {"error"}."""
         from semarc.codec import record
@@ -66,10 +69,14 @@ class ImageWorker:
                               "section": record.pack_image(c.payload, c.check)}
         return out
 
+    @metered
     def decode_arrays(self, sections: list[bytes], profiles: dict) -> list:
         """Decode sections to uint8 HxWx3 arrays; per section an array or
         {"error"}. A refinement stage receives this call's result straight
         from the object store; ``decode_to`` writes them."""
+        return self._decode_arrays(sections, profiles)
+
+    def _decode_arrays(self, sections: list[bytes], profiles: dict) -> list:
         from semarc.codec import record
         from semarc.codec.image import ImageCodecError
 
@@ -88,12 +95,13 @@ class ImageWorker:
             out[i] = {"error": f"image: {a}"} if isinstance(a, Exception) else a
         return out
 
+    @metered
     def decode_to(self, items: list[tuple[str, bytes]], profiles: dict, dst: str, fmt: str = "png") -> list[dict]:
         """Decode ``(relative output path, section)`` items, write each image to
         ``dst/relpath``; per item {"ok": True, "width", "height"} or {"error"}."""
         import fsspec
 
-        arrays = self.decode_arrays([section for _, section in items], profiles)
+        arrays = self._decode_arrays([section for _, section in items], profiles)
         fs, root = fsspec.core.url_to_fs(dst, **self.storage_options)
         return [a if isinstance(a, dict) else write_image(fs, root, rel, a, fmt)
                 for (rel, _), a in zip(items, arrays)]

@@ -36,10 +36,31 @@ class ActorPool:
 
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
+    def meters(self) -> list[dict]:
+        """Every live actor's ``Metered.meter()`` (an actor that cannot answer is left out)."""
+        import ray
+
+        refs = [a.meter.remote() for a in self.actors]
+        out = []
+        for r in refs:
+            try:
+                out.append(ray.get(r, timeout=30))
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                continue
+        return out
+
     def first(self, method: str, *args):
         import ray
 
         return ray.get(getattr(self.actors[0], method).remote(*args))
+
+
+def stage_report(pools: dict, wall_s: float) -> dict:
+    """{stage name: ``workers.meter.stage_summary``} for the pools of a job
+    (None entries skipped); ``wall_s``: how long the pools have been up."""
+    from .meter import stage_summary
+
+    return {name: stage_summary(p.meters(), wall_s) for name, p in pools.items() if p is not None}
 
 
 def codec_pools(specs: dict, caption_model: str, caption_profile: str, codec: str, threads: int,

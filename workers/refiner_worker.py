@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 
+from .meter import Metered, metered
 
-class RefinerWorker:
+
+class RefinerWorker(Metered):
     def __init__(self, config: dict, threads: int = 1, storage_options: dict | None = None) -> None:
         import torch
 
@@ -23,6 +25,7 @@ class RefinerWorker:
     def describe(self) -> dict:
         return self.refiner.describe()
 
+    @metered
     def refine_to(self, decoded: list, captions: list, rels: list[str], keys: list[str], dst: str,
                   fmt: str = "png") -> list[dict]:
         """``decoded``: ``ImageWorker.decode_arrays`` results (an array or

