@@ -265,6 +265,8 @@ def test_first_batch_beside_the_load_time_comparison(caption_coder, shared, monk
     coco = json.loads((shared / "coco_captions_val2017.json").read_text())["annotations"]
     caps = [a["caption"] for a in coco[200:212]]
     ref = cap.CaptionCoder(lm=caption_coder.lm, batch_size=8, encode_path="steps").encode_batch(caps)
+    sync = cap.CaptionCoder(lm=caption_coder.lm, batch_size=8, encode_path="prefill")  # compared in __init__
+    assert sync._noise_future is None
     release = threading.Event()
     real = cap.CaptionCoder._step_noise
 
@@ -292,7 +294,7 @@ def test_first_batch_beside_the_load_time_comparison(caption_coder, shared, monk
     assert calls["hidden"] >= 1  # encoded by prefill before the verdict
     if verdict == "passes":
         assert coder.encode_path == "prefill" and calls["step"] == 0
-        assert coder.prefill_noise == caption_coder.prefill_noise  # the same figure from the thread
+        assert coder.prefill_noise == sync.prefill_noise  # the same figure from the thread as in __init__
     else:
         assert coder.encode_path == "steps" and coder.prefill_noise is None and calls["step"] > 0
 
