@@ -107,22 +107,21 @@ class _Stages:
     calls only would underestimate a large job's caption cost (later batches
     hold longer captions and padding makes a batch cost follow its longest)."""
 
-    def __init__(self, d: Path, caption_batch: int) -> None:
+    def __init__(self, d: Path, shard_size: int, image_batch: int, caption_batch: int) -> None:
         import torch
 
         from semarc.codec.caption import CaptionCoder
         from semarc.codec.image import ImageCoder
 
         torch.set_num_threads(1)
-        self.d = d
+        self.d, self.batches = d, (shard_size, image_batch, caption_batch)
         self.img, self.cap = ImageCoder(), CaptionCoder(batch_size=caption_batch)
         self.cap.encode_batch(["A warm-up caption.", "Two dogs on a beach."])
 
-    def measure(self, rows: list[dict], shard_size: int, image_batch: int, caption_batch: int,
-                image_calls: int = 24, caption_calls: int = 6) -> dict:
+    def measure(self, rows: list[dict], image_calls: int = 24, caption_calls: int = 6) -> dict:
         from semarc.codec.imageio import read_image
 
-        img_b, cap_b = _job_batches(rows, shard_size, image_batch, caption_batch)
+        img_b, cap_b = _job_batches(rows, *self.batches)
         img_b, cap_b = _spread(img_b, image_calls), _spread(cap_b, caption_calls)
         t = time.perf_counter()
         for uris in img_b:
@@ -137,6 +136,10 @@ class _Stages:
         return {"image_s_per_input": per_image, "caption_s_per_input": per_caption * share,
                 "caption_s_per_caption": per_caption, "caption_share": share,
                 "timed": {"image_calls": len(img_b), "caption_calls": len(cap_b), "captions": n_caps}}
+
+
+def _rounded(costs: dict) -> dict:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in costs.items()}
 
 
 def _hwm_kb(pid: int) -> int:
@@ -228,11 +231,11 @@ def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, i
     for n in sizes:
         print(f"[pipeline] {n} inputs", file=sys.stderr, flush=True)
         rows = _make_inputs(work_dir, n, crop, captions, caption_every)
-        stages = stages or _Stages(work_dir, caption_batch)
+        stages = stages or _Stages(work_dir, shard_size, image_batch, caption_batch)
         # the isolated costs, timed before and after the job (the machine's speed drifts) and averaged
-        before = stages.measure(rows, shard_size, image_batch, caption_batch)
+        before = stages.measure(rows)
         job = _run_job(work_dir, n, num_cpus, image_batch, shard_size)
-        after = stages.measure(rows, shard_size, image_batch, caption_batch)
+        after = stages.measure(rows)
         costs = {k: (before[k] + after[k]) / 2 for k in before if k != "timed"}
         bounds = {"image": specs["image"].size / costs["image_s_per_input"],
                   "caption": specs["caption"].size / costs["caption_s_per_input"]}
@@ -249,11 +252,8 @@ def run(out_dir: str, sizes=(1000, 10000), crop: int = 128, num_cpus: int = 2, i
                "peak_rss_mb": {"driver": round(job["driver_peak_rss_mb"], 1),
                                "largest_worker": round(job["worker_peak_rss_mb"], 1)},
                "wall_s": round(job["wall_s"], 1),
-               "stage_costs": {k: round(v, 5) for k, v in costs.items()},
-               "stage_costs_before_after": {"before": {k: round(v, 5) if isinstance(v, float) else v
-                                                       for k, v in before.items()},
-                                            "after": {k: round(v, 5) if isinstance(v, float) else v
-                                                      for k, v in after.items()}},
+               "stage_costs": _rounded(costs),
+               "stage_costs_before_after": {"before": _rounded(before), "after": _rounded(after)},
                "slowest_stage_in_job": {"busy_s_per_actor": round(busy, 1),
                                         "s_per_input": round(in_job["busy_s"] / n, 5),
                                         "idle_s": round(job["wall_s"] - busy, 1)},

@@ -241,42 +241,28 @@ class CaptionCoder:
         self.verify = verify
         if encode_path not in ("auto", "prefill", "steps"):
             raise ValueError("encode_path must be 'auto', 'prefill' or 'steps'")
-        self._encode_path, self._prefill_noise, self._noise_future = "steps", None, None
+        self._noise = None  # Future of the prefill-vs-steps comparison (``_step_noise``); None: encode by steps
         if profile == "portable":
             test = self._self_test()  # raises here if the model is not float64-clean
-            if test is not None and encode_path == "auto":
-                # the steps comparison runs beside the first batch (torch releases the GIL)
+            if test is not None and encode_path != "steps":
+                # the comparison runs beside the first batch (torch releases the GIL)
                 pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="semarc-caption-self-test")
-                self._noise_future = pool.submit(self._step_noise, *test)
+                self._noise = pool.submit(self._step_noise, *test)
                 pool.shutdown(wait=False)
-            else:
-                self._set_noise(self._step_noise(*test) if test is not None else None, encode_path)
-
-    def _set_noise(self, noise: float | None, encode_path: str = "auto") -> None:
-        self._prefill_noise = noise
-        if encode_path != "steps" and noise is not None:
-            self._encode_path = "prefill"
-        elif encode_path == "prefill":
+        if encode_path == "prefill" and self.prefill_noise is None:
             raise RuntimeError(f"model {self.lm.source.name!r}: encoding by prefill is not exact enough "
                                f"for the portable profile (see CaptionCoder._self_test)")
 
-    def _resolve_self_test(self) -> None:
-        if self._noise_future is not None:
-            noise = self._noise_future.result()
-            self._noise_future = None
-            self._set_noise(noise)
+    @property
+    def prefill_noise(self) -> float | None:
+        """The load-time comparison's largest difference (nat) between the
+        prefill and the steps (waits for it), or None: encode by steps."""
+        return self._noise.result() if self._noise is not None else None
 
     @property
     def encode_path(self) -> str:
         """"prefill" or "steps": how this coder encodes (waits for the load-time comparison)."""
-        self._resolve_self_test()
-        return self._encode_path
-
-    @property
-    def prefill_noise(self) -> float | None:
-        """The load-time comparison's largest difference (nat) between the prefill and the steps, or None."""
-        self._resolve_self_test()
-        return self._prefill_noise
+        return "steps" if self.prefill_noise is None else "prefill"
 
     def _self_test(self):
         """The portable profile needs a float64-clean forward pass: padding and
@@ -396,7 +382,7 @@ class CaptionCoder:
                     unsafe[g][i] |= near[r]
 
         # while the load-time comparison still runs, encode by prefill and check its verdict after
-        speculative = self._noise_future is not None and not self._noise_future.done()
+        speculative = self._noise is not None and not self._noise.done()
         if speculative or self.encode_path == "prefill":
             # one prefill pass over all the captions; the logits of (caption, position) pairs
             # in chunks, in caption then position order (each caption's spans in order)

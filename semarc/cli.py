@@ -81,7 +81,9 @@ def _stage_lines(stages: dict) -> list[str]:
     return out
 
 
-def _write_report(args, report) -> None:
+def _report(args, report) -> None:
+    """After a job's summary line: one line per pool, and ``--report FILE``."""
+    print("\n".join(_stage_lines(report.stages)), end="\n" if report.stages else "", flush=True)
     if args.report:
         import dataclasses
 
@@ -100,8 +102,7 @@ def cmd_encode(args) -> int:
           f"{r.ok} ok, {r.errors} errors; {t['bytes_total']} bytes "
           f"(caption {t['bytes_caption']}, image {t['bytes_image']}) for {t['pixels']} pixels = "
           f"{(t['bpp'] or 0):.5f} bpp; {r.seconds:.1f} s", flush=True)
-    print("\n".join(_stage_lines(r.stages)), end="\n" if r.stages else "", flush=True)
-    _write_report(args, r)
+    _report(args, r)
     if r.errors:
         print(f"semarc encode: {r.errors} error rows; list them with: semarc inspect {args.dst} --errors",
               file=sys.stderr)
@@ -129,8 +130,7 @@ def cmd_decode(args) -> int:
     r = run_decode(args.src, args.dst, decode_options(args))
     print(f"semarc decode: {r.decoded} records decoded, {r.errors} failed, {r.skipped_error_rows} error rows "
           f"skipped; {r.shards} shards ({r.shards_skipped} already done); {r.seconds:.1f} s", flush=True)
-    print("\n".join(_stage_lines(r.stages)), end="\n" if r.stages else "", flush=True)
-    _write_report(args, r)
+    _report(args, r)
     return r.exit_code
 
 

@@ -266,7 +266,7 @@ def test_first_batch_beside_the_load_time_comparison(caption_coder, shared, monk
     caps = [a["caption"] for a in coco[200:212]]
     ref = cap.CaptionCoder(lm=caption_coder.lm, batch_size=8, encode_path="steps").encode_batch(caps)
     sync = cap.CaptionCoder(lm=caption_coder.lm, batch_size=8, encode_path="prefill")  # compared in __init__
-    assert sync._noise_future is None
+    assert sync._noise.done()
     release = threading.Event()
     real = cap.CaptionCoder._step_noise
 
@@ -287,7 +287,7 @@ def test_first_batch_beside_the_load_time_comparison(caption_coder, shared, monk
         monkeypatch.setattr(lm, name, counted)
     monkeypatch.setattr(cap.CaptionCoder, "_step_noise", held)
     coder = cap.CaptionCoder(lm=lm, batch_size=8)
-    assert coder._noise_future is not None and not coder._noise_future.done()
+    assert coder._noise is not None and not coder._noise.done()
     armed.set()
     got = coder.encode_batch(caps)
     assert [c.payload for c in got] == [c.payload for c in ref]

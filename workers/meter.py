@@ -10,7 +10,6 @@ job. An actor that Ray restarted counts from its restart."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 
@@ -36,8 +35,8 @@ class Metered:
     _items = 0
 
     def meter(self) -> dict:
-        """{"pid", "busy_s", "calls", "items"} since the actor started."""
-        return {"pid": os.getpid(), "busy_s": self._busy_s, "calls": self._calls, "items": self._items}
+        """{"busy_s", "calls", "items"} since the actor started."""
+        return {"busy_s": self._busy_s, "calls": self._calls, "items": self._items}
 
 
 def stage_summary(meters: list[dict], wall_s: float) -> dict:
