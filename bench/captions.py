@@ -111,7 +111,7 @@ def run(out_dir: str, shared: str = "../shared/data", n_coco: int = 500, threads
     import torch
     import zstandard
 
-    from semarc.codec import record
+    from semarc.codec import native, record
     from semarc.codec.caption import CaptionCoder
     from semarc.codec.lm import TransformersLM
 
@@ -123,7 +123,12 @@ def run(out_dir: str, shared: str = "../shared/data", n_coco: int = 500, threads
     lm32 = TransformersLM(dtype=torch.float32)
     result = {"command": f"semarc bench captions --out {out_dir} --n-coco {n_coco} --threads {threads} --batch {batch}",
               "machine": platform.processor() or platform.machine(),
-              "torch_threads": threads, "batch_size": batch, "profile": coder.describe(), "sets": {}}
+              "torch_threads": threads, "batch_size": batch, "profile": coder.describe(),
+              # how the decoder's steps ran (the bytes do not depend on it): codec/lm_steps.py, codec/native.py
+              "decoder_steps": {"impl": getattr(coder.lm, "steps_impl", "n/a"),
+                                "kernels": getattr(getattr(coder.lm, "_steps", None), "impl", None),
+                                "native_unavailable": native.why_not()},
+              "sets": {}}
     for name, caps in sets.items():
         print(f"[{name}] {len(caps)} captions", file=sys.stderr, flush=True)
         sizes = {
@@ -178,6 +183,11 @@ def markdown(r: dict) -> str:
     lines = ["# Caption coding: mean bytes per caption (each coded alone)", "",
              f"Command: `{r['command']}` (machine: {r['machine']}, torch threads: {r['torch_threads']}, "
              f"batch size {r.get('batch_size')}).", "",
+             *([f"Decoder steps: `{r['decoder_steps']['impl']}` (products: "
+                f"{r['decoder_steps']['kernels'] or 'transformers'}"
+                + (f"; compiled kernels unavailable: {r['decoder_steps']['native_unavailable']}"
+                   if r['decoder_steps'].get('native_unavailable') else "") + ").", ""]
+               if "decoder_steps" in r else []),
              "`semarc-portable` is the whole stored caption section (mode symbol, arithmetic code, termination "
              "with check bits: every byte the record needs). `ideal` is the model's code length (sum of -log2 p "
              "in float64, end token included). `constriction-*` code the same token streams with the same "

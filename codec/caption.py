@@ -70,6 +70,7 @@ import torch
 
 from . import arith
 from . import lm as lm_mod
+from . import native
 
 STEP_DENOM = 64            # logit grid: 1/64 nat
 K_MAX = 40 * STEP_DENOM    # exp(-40) ~ 4e-18: everything at or below gets the floor frequency 1
@@ -166,6 +167,15 @@ def both_grids(logits: torch.Tensor):
         (_, ra), (_, rb) = both_grids_reference(logits[rows])
         near_a[rows], near_b[rows] = ra, rb
     return (EXP_TABLE[ka], near_a), (EXP_TABLE[kb], near_b)
+
+
+def cum_tables(logits: torch.Tensor, grid: int) -> torch.Tensor:
+    """[n, V] logits -> the decoder's cumulative tables [n, V + 1] on one grid
+    (``cum[:, 0] = 0``, ``cum[:, -1]`` = the total): the compiled kernel where
+    available (``native.cum_tables``, identical), else torch."""
+    if logits.dtype == torch.float64 and logits.device.type == "cpu" and native.available():
+        return native.cum_tables(logits, grid, STEP_DENOM, EXP_TABLE, K_MAX)
+    return torch.nn.functional.pad(torch.cumsum(1 + grid_weights(logits, grid), -1), (1, 0))
 
 
 def quantized_freqs(logits: torch.Tensor, grid: int = 0) -> torch.Tensor:
@@ -490,8 +500,7 @@ class CaptionCoder:
             for r, i in enumerate(st.rows):
                 by_grid.setdefault(grids[i], []).append(r)
             for g, rs in by_grid.items():
-                w = grid_weights(st.logits[rs], g)
-                cum = torch.nn.functional.pad(torch.cumsum(1 + w, -1), (1, 0))
+                cum = cum_tables(st.logits if len(rs) == len(st.rows) else st.logits[rs], g)
                 for j, r in enumerate(rs):
                     i = st.rows[r]
                     s = self._next_token(i, lambda d: arith.decode_symbol(d, cum[j]), decs, toks, limits, res)

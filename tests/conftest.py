@@ -17,6 +17,24 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, caption_coder) -> str:
+    """A tiny random Llama (2 layers, GQA 4/2) with SmolLM2's tokenizer, saved
+    in a local folder (the loading path for users' own models)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    tok = caption_coder.lm.tokenizer
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def caption_coder():
     import torch
 

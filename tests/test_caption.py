@@ -193,21 +193,12 @@ def test_gguf_cache_gives_the_same_model(tmp_path, monkeypatch):
     assert torch.equal(cold.score(cold.encode_prefix("x"), [ids])[0], warm.score(warm.encode_prefix("x"), [ids])[0])
 
 
-def test_any_local_causal_lm_by_path(tmp_path, caption_coder):
+def test_any_local_causal_lm_by_path(tiny_llama, caption_coder):
     """The loading path for user models: a tiny random Llama saved locally,
     with SmolLM2's tokenizer; captions round-trip and the fingerprint differs."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from semarc.codec.caption import CaptionCoder
 
-    torch.manual_seed(0)
-    tok = caption_coder.lm.tokenizer
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    coder = CaptionCoder(model=str(tmp_path), batch_size=4)
+    coder = CaptionCoder(model=tiny_llama, batch_size=4)
     caps = ["a tiny model codes this too", "", "ünïcödé 🐶"]
     coded = coder.encode_batch(caps)
     assert coder.decode_batch([c.payload for c in coded]) == caps
