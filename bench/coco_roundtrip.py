@@ -38,6 +38,8 @@ def run(out_dir: str, shared: str = "../shared/data", chunk: int = 512, batch: i
     fp = coder.describe()["fingerprint"]
     if any(d["fingerprint"] != fp for d in done):
         raise SystemExit(f"{prog} was made with another coder; delete it to start over")
+    # how the decoder's steps ran (codec/lm_steps.py, codec/native.py): bytes do not depend on it
+    steps = f"{getattr(coder.lm, 'steps_impl', 'n/a')}/{getattr(getattr(coder.lm, '_steps', None), 'impl', '-')}"
     for a in range(start, len(caps), chunk):
         part = caps[a:a + chunk]
         t = time.time()
@@ -50,7 +52,8 @@ def run(out_dir: str, shared: str = "../shared/data", chunk: int = 512, batch: i
         coder.batch_size = old
         fails = [{"index": a + i, "caption": c, "got": (str(g) if isinstance(g, CaptionError) else g)}
                  for i, (c, g) in enumerate(zip(part, back)) if g != c]
-        rec = {"start": a, "n": len(part), "fingerprint": fp, "encode_path": coder.encode_path, "failures": fails,
+        rec = {"start": a, "n": len(part), "fingerprint": fp, "encode_path": coder.encode_path,
+               "decoder_steps": steps, "failures": fails,
                "fallbacks": sum(c.mode == "fallback" for c in coded),
                "grid_b": sum(c.mode == "lm" and c.grid == 1 for c in coded),
                "bytes": sum(len(c.payload) for c in coded), "encode_s": round(t_enc, 2), "decode_s": round(t_dec, 2)}
@@ -65,6 +68,7 @@ def run(out_dir: str, shared: str = "../shared/data", chunk: int = 512, batch: i
                    f"--threads {threads}" + (f" --limit {limit}" if limit else ""),
         "captions": n, "total_in_set": len(caps), "complete": n == len(caps),
         "encode_paths": sorted({d.get("encode_path", "steps") for d in done}),
+        "decoder_steps": sorted({d.get("decoder_steps", "transformers") for d in done}),
         "failures": [f for d in done for f in d["failures"]],
         "fallbacks": sum(d["fallbacks"] for d in done), "grid_b": sum(d["grid_b"] for d in done),
         "mean_bytes": round(sum(d["bytes"] for d in done) / max(n, 1), 3),
