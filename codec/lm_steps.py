@@ -96,26 +96,26 @@ class LlamaSteps:
         cfg = model.config
         self.nh, self.nkv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.nh
-        self.layers = []
+        self.norms, self._w = [], []  # per layer: (input, post-attention) RMSNorms; (qkv, o, gate-up, down)
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
-            self.layers.append((layer.input_layernorm, _fuse([a.q_proj, a.k_proj, a.v_proj]), a.o_proj.weight,
-                                layer.post_attention_layernorm, _fuse([m.gate_proj, m.up_proj]),
-                                m.down_proj.weight))
+            self.norms.append((layer.input_layernorm, layer.post_attention_layernorm))
+            self._w.append((_fuse([a.q_proj, a.k_proj, a.v_proj]), a.o_proj.weight, _fuse([m.gate_proj, m.up_proj]),
+                            m.down_proj.weight))
         self.norm = model.model.norm
         self.embed = model.model.embed_tokens.weight
         self.head = model.lm_head.weight
         self.rope = model.model.rotary_emb
         self.scale = self.hd ** -0.5
-        # products: torch's (float64 weights), or native.matmul over float32 copies of the weights where
+        self._w.append(self.head)
+        # products: torch's over the float64 weights, or native.matmul over float32 copies of them where
         # they are float32 numbers (on a CPU): half the bytes per step, batch-invariant by construction
-        self.impl, self._mm = "torch", torch.matmul
-        self._w = [(qkv, o, gu, d) for _, qkv, o, _, gu, d in self.layers] + [self.head]  # torch: float64
+        self.impl = "torch"
         if (use_native and self.embed.device.type == "cpu" and self.embed.dtype == torch.float64
                 and native.available()):
             w32 = [tuple(_exact_float32(t) for t in ws) for ws in self._w[:-1]] + [_exact_float32(self.head)]
             if all(t is not None for ws in w32[:-1] for t in ws) and w32[-1] is not None:
-                self.impl, self._mm, self._w = "native", native.matmul, w32
+                self.impl, self._w = "native", w32
 
     @staticmethod
     def _rms(norm, h: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,7 @@ class LlamaSteps:
         pos, t = state["pos"], state["len"]
         cache = state["cache"]
         if cache is None:
-            cache = state["cache"] = [(self._alloc(cols, 16), self._alloc(cols, 16)) for _ in self.layers]
+            cache = state["cache"] = [(self._alloc(cols, 16), self._alloc(cols, 16)) for _ in self.norms]
         elif t == cache[0][0].shape[2]:  # full: double the capacity
             cache = state["cache"] = [(self._grow(k), self._grow(v)) for k, v in cache]
         h = self.embed[tokens].T.contiguous()  # [H, cols]
@@ -198,7 +198,7 @@ class LlamaSteps:
         nh, nkv, hd, n = self.nh, self.nkv, self.hd, h.shape[1]
         cos = self.rope.cos_table[pos].view(1, hd, 1)
         sin = self.rope.sin_table[pos].view(1, hd, 1)
-        for (n1, _, _, n2, _, _), (qkv_w, o_w, gu_w, down_w), (kc, vc) in zip(self.layers, self._w, cache):
+        for (n1, n2), (qkv_w, o_w, gu_w, down_w), (kc, vc) in zip(self.norms, self._w, cache):
             qkv = qkv_w @ self._rms(n1, h)
             q = self._rotate(qkv[:nh * hd].view(nh, hd, n), cos, sin)
             k = self._rotate(qkv[nh * hd:(nh + nkv) * hd].view(nkv, hd, n), cos, sin)
@@ -216,7 +216,7 @@ class LlamaSteps:
     def _layers_native(self, h: torch.Tensor, cache, pos: int, t: int) -> torch.Tensor:
         cos, sin = self.rope.cos_table[pos].contiguous(), self.rope.sin_table[pos].contiguous()
         mm = native.matmul
-        for (n1, _, _, n2, _, _), (qkv_w, o_w, gu_w, down_w), (kc, vc) in zip(self.layers, self._w, cache):
+        for (n1, n2), (qkv_w, o_w, gu_w, down_w), (kc, vc) in zip(self.norms, self._w, cache):
             qkv = mm(qkv_w, native.rms_norm(h, n1.weight, n1.variance_epsilon))
             h += mm(o_w, native.attention(qkv, cos, sin, kc, vc, t, self.nh, self.scale))
             h += mm(down_w, native.silu_mul(mm(gu_w, native.rms_norm(h, n2.weight, n2.variance_epsilon))))
