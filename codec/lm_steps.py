@@ -40,6 +40,8 @@ handled; those models keep transformers' step.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from . import native
@@ -108,14 +110,26 @@ class LlamaSteps:
         self.rope = model.model.rotary_emb
         self.scale = self.hd ** -0.5
         self._w.append(self.head)
-        # products: torch's over the float64 weights, or native.matmul over float32 copies of them where
-        # they are float32 numbers (on a CPU): half the bytes per step, batch-invariant by construction
-        self.impl = "torch"
-        if (use_native and self.embed.device.type == "cpu" and self.embed.dtype == torch.float64
-                and native.available()):
-            w32 = [tuple(_exact_float32(t) for t in ws) for ws in self._w[:-1]] + [_exact_float32(self.head)]
-            if all(t is not None for ws in w32[:-1] for t in ws) and w32[-1] is not None:
-                self.impl, self._w = "native", w32
+        self._use_native = use_native
+        self._impl: str | None = None  # decided at the first use (``impl``)
+        self._lock = threading.Lock()
+
+    @property
+    def impl(self) -> str:
+        """"native" or "torch": how the products run. Decided at the first use
+        (an encoder's first steps run in the load-time comparison's thread, so
+        the float32 copies, ~0.6 s for SmolLM2, are made off the start-up path)."""
+        with self._lock:
+            if self._impl is None:
+                # products: torch's over the float64 weights, or native.matmul over float32 copies of them
+                # where they are float32 numbers (on a CPU): half the bytes per step, batch-invariant
+                self._impl = "torch"
+                if (self._use_native and self.embed.device.type == "cpu" and self.embed.dtype == torch.float64
+                        and native.available()):
+                    w32 = [tuple(_exact_float32(t) for t in ws) for ws in self._w[:-1]] + [_exact_float32(self.head)]
+                    if all(t is not None for ws in w32[:-1] for t in ws) and w32[-1] is not None:
+                        self._impl, self._w = "native", w32
+            return self._impl
 
     @staticmethod
     def _rms(norm, h: torch.Tensor) -> torch.Tensor:
