@@ -111,7 +111,7 @@ def run(out_dir: str, shared: str = "../shared/data", n_coco: int = 500, threads
     import torch
     import zstandard
 
-    from semarc.codec import native, record
+    from semarc.codec import native
     from semarc.codec.caption import CaptionCoder
     from semarc.codec.lm import TransformersLM
 
@@ -126,7 +126,7 @@ def run(out_dir: str, shared: str = "../shared/data", n_coco: int = 500, threads
               "torch_threads": threads, "batch_size": batch, "profile": coder.describe(),
               # how the decoder's steps ran (the bytes do not depend on it): codec/lm_steps.py, codec/native.py
               "decoder_steps": {"impl": getattr(coder.lm, "steps_impl", "n/a"),
-                                "kernels": getattr(getattr(coder.lm, "_steps", None), "impl", None),
+                                "kernels": getattr(coder.lm, "steps_kernels", None),
                                 "native_unavailable": native.why_not()},
               "sets": {}}
     for name, caps in sets.items():

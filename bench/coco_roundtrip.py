@@ -39,7 +39,7 @@ def run(out_dir: str, shared: str = "../shared/data", chunk: int = 512, batch: i
     if any(d["fingerprint"] != fp for d in done):
         raise SystemExit(f"{prog} was made with another coder; delete it to start over")
     # how the decoder's steps ran (codec/lm_steps.py, codec/native.py): bytes do not depend on it
-    steps = f"{getattr(coder.lm, 'steps_impl', 'n/a')}/{getattr(getattr(coder.lm, '_steps', None), 'impl', '-')}"
+    steps = f"{getattr(coder.lm, 'steps_impl', 'n/a')}/{getattr(coder.lm, 'steps_kernels', None) or '-'}"
     for a in range(start, len(caps), chunk):
         part = caps[a:a + chunk]
         t = time.time()

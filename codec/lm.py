@@ -303,7 +303,7 @@ class TransformersLM(HFTokens):
     def keep_rows(self, state, rows: list[int]) -> None:
         """Drop every batch row of the state but ``rows`` (in that order)."""
         if "steps" in state:
-            return self._steps.keep(state["steps"], torch.tensor(rows, dtype=torch.long, device=self.device))
+            return self._steps.keep(state["steps"], rows)
         state["cache"].batch_select_indices(torch.tensor(rows, dtype=torch.long, device=self.device))
 
     @torch.inference_mode()
@@ -322,6 +322,12 @@ class TransformersLM(HFTokens):
     def _cache_of(out):
         c = getattr(out, "cache", None)
         return c if c is not None else out.past_key_values
+
+    @property
+    def steps_kernels(self) -> str | None:
+        """How ``LlamaSteps`` runs its products ("native" or "torch"), or None
+        where transformers' step runs."""
+        return self._steps.impl if self._steps is not None else None
 
     def fingerprint_fields(self) -> dict:
         return {"backend": self.backend, "model": self.source.name, "weights_sha256": self._weights_sha.result(),

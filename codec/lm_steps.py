@@ -149,7 +149,7 @@ class LlamaSteps:
     @torch.inference_mode()
     def start(self, prefix: list[int], n: int) -> dict:
         """Run ``prefix`` (one row), then give each of ``n`` rows its cache."""
-        state = {"pos": 0, "len": 0, "cache": None, "live": None}
+        state = {"pos": 0, "cache": None, "live": None}  # pos: the next position, also its cache index
         logits = None
         for t in prefix:
             logits = self.step(state, torch.tensor([t], device=self.embed.device))
@@ -167,16 +167,17 @@ class LlamaSteps:
         return -(-m // lane) * lane
 
     @torch.inference_mode()
-    def keep(self, state: dict, rows: torch.Tensor) -> None:
+    def keep(self, state: dict, rows: list[int]) -> None:
         """Keep the caller's ``rows`` (in that order). Rows that left stay in the
         cache, computed on a dummy token, until dropping them makes the products
         narrower (with the native kernel, by a whole lane): a compaction copies
         the whole cache."""
         ncache = state["cache"][0][0].shape[0]
         live = state["live"] if state["live"] is not None else list(range(ncache))
-        live = [live[r] for r in rows.tolist()]
+        live = [live[r] for r in rows]
         if self._cols(len(live)) < ncache:
-            keep = live + [r for r in range(ncache) if r not in set(live)][:self._cols(len(live)) - len(live)]
+            kept = set(live)
+            keep = live + [r for r in range(ncache) if r not in kept][:self._cols(len(live)) - len(live)]
             idx = torch.tensor(keep, dtype=torch.long, device=self.embed.device)
             state["cache"] = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in state["cache"]]
             live, ncache = list(range(len(live))), len(keep)
@@ -192,26 +193,23 @@ class LlamaSteps:
             full = torch.zeros(cols, dtype=torch.long, device=tokens.device)
             full[idx] = tokens
             tokens = full
-        pos, t = state["pos"], state["len"]
-        cache = state["cache"]
+        pos, cache = state["pos"], state["cache"]
         if cache is None:
             cache = state["cache"] = [(self._alloc(cols, 16), self._alloc(cols, 16)) for _ in self.norms]
-        elif t == cache[0][0].shape[2]:  # full: double the capacity
+        elif pos == cache[0][0].shape[2]:  # full: double the capacity
             cache = state["cache"] = [(self._grow(k), self._grow(v)) for k, v in cache]
         h = self.embed[tokens].T.contiguous()  # [H, cols]
-        run = self._layers_native if self.impl == "native" else self._layers_torch
-        h = run(h, cache, pos, t)
-        state["pos"], state["len"] = pos + 1, t + 1
-        if self.impl == "native":
-            logits = native.matmul(self._w[-1], native.rms_norm(h, self.norm.weight, self.norm.variance_epsilon)).T
-        else:
-            logits = (self._w[-1] @ self._rms(self.norm, h)).T
+        forward = self._forward_native if self.impl == "native" else self._forward_torch
+        logits = forward(h, cache, pos).T
+        state["pos"] = pos + 1
         return logits if cols == n else logits[idx]
 
-    def _layers_torch(self, h: torch.Tensor, cache, pos: int, t: int) -> torch.Tensor:
+    def _forward_torch(self, h: torch.Tensor, cache, t: int) -> torch.Tensor:
+        """The layers and the output layer for feature-major ``h`` at position
+        ``t`` -> logits [V, columns]."""
         nh, nkv, hd, n = self.nh, self.nkv, self.hd, h.shape[1]
-        cos = self.rope.cos_table[pos].view(1, hd, 1)
-        sin = self.rope.sin_table[pos].view(1, hd, 1)
+        cos = self.rope.cos_table[t].view(1, hd, 1)
+        sin = self.rope.sin_table[t].view(1, hd, 1)
         for (n1, n2), (qkv_w, o_w, gu_w, down_w), (kc, vc) in zip(self.norms, self._w, cache):
             qkv = qkv_w @ self._rms(n1, h)
             q = self._rotate(qkv[:nh * hd].view(nh, hd, n), cos, sin)
@@ -225,16 +223,17 @@ class LlamaSteps:
             h = h + o_w @ att.reshape(n, nh * hd).T
             g, u = (gu_w @ self._rms(n2, h)).chunk(2)
             h = h + down_w @ (torch.nn.functional.silu(g) * u)
-        return h
+        return self._w[-1] @ self._rms(self.norm, h)
 
-    def _layers_native(self, h: torch.Tensor, cache, pos: int, t: int) -> torch.Tensor:
-        cos, sin = self.rope.cos_table[pos].contiguous(), self.rope.sin_table[pos].contiguous()
+    def _forward_native(self, h: torch.Tensor, cache, t: int) -> torch.Tensor:
+        """``_forward_torch`` on the compiled kernels."""
+        cos, sin = self.rope.cos_table[t].contiguous(), self.rope.sin_table[t].contiguous()
         mm = native.matmul
         for (n1, n2), (qkv_w, o_w, gu_w, down_w), (kc, vc) in zip(self.norms, self._w, cache):
             qkv = mm(qkv_w, native.rms_norm(h, n1.weight, n1.variance_epsilon))
             h += mm(o_w, native.attention(qkv, cos, sin, kc, vc, t, self.nh, self.scale))
             h += mm(down_w, native.silu_mul(mm(gu_w, native.rms_norm(h, n2.weight, n2.variance_epsilon))))
-        return h
+        return mm(self._w[-1], native.rms_norm(h, self.norm.weight, self.norm.variance_epsilon))
 
     def _alloc(self, n: int, cap: int) -> torch.Tensor:
         return torch.empty(n, self.nkv, cap, self.hd, dtype=self.embed.dtype, device=self.embed.device)

@@ -265,6 +265,8 @@ def _compile() -> ctypes.CDLL:
 
 def _load():
     global _lib, _error
+    if _lib is not None:  # the per-call path: no lock once loaded
+        return _lib
     with _lock:
         if _lib is None and _error is None:
             if os.environ.get("SEMARC_NATIVE", "1") == "0":
