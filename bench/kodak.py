@@ -279,17 +279,20 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2) ->
     names = ["semarc-encode", "semarc-encode-noverify", "compressai-compress", "semarc-decode",
              "compressai-decompress"]
     best = {n: math.inf for n in names}
-    same_strings = True
+    same_strings, same_pixels = set(), set()  # images whose y string / decoded pixels match CompressAI's
     for _ in range(reps):
         tot = {n: 0.0 for n in names}
-        for _, a in images:
+        for i, (_, a) in enumerate(images):
             t = time.perf_counter(); sec = s_enc(a); tot["semarc-encode"] += time.perf_counter() - t
             t = time.perf_counter(); s_enc_nv(a); tot["semarc-encode-noverify"] += time.perf_counter() - t
             t = time.perf_counter(); r = c_enc(a); tot["compressai-compress"] += time.perf_counter() - t
             t = time.perf_counter(); back = s_dec(sec); tot["semarc-decode"] += time.perf_counter() - t
             t = time.perf_counter(); back_c = c_dec(r); tot["compressai-decompress"] += time.perf_counter() - t
             payload, _ = record.unpack_image(sec)
-            same_strings &= payload.endswith(r["strings"][0][0]) and np.array_equal(back, back_c)
+            if payload.endswith(r["strings"][0][0]):
+                same_strings.add(i)
+            if np.array_equal(back, back_c):
+                same_pixels.add(i)
         for n in names:
             best[n] = min(best[n], tot[n])
     ips = {n: round(len(images) / best[n], 3) for n in names}
@@ -298,7 +301,10 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2) ->
                                     "encode_noverify": round(ips["semarc-encode-noverify"]
                                                              / ips["compressai-compress"], 3),
                                     "decode": round(ips["semarc-decode"] / ips["compressai-decompress"], 3)},
-            "same_strings_and_pixels_as_compressai": bool(same_strings), "rounds": reps,
+            # a hyperprior's y string can differ where CompressAI's float32 scales pick
+            # another table than semarc's float64 ones (the same symbols, so the same pixels)
+            "same_strings_as_compressai": len(same_strings), "same_pixels_as_compressai": len(same_pixels),
+            "images": len(images), "rounds": reps,
             "protocol": "1 torch thread, one image per call, interleaved per image, best of the rounds; "
                         "both sides convert uint8 array -> float tensor and decoded tensor -> uint8 array"}
 
@@ -459,16 +465,21 @@ def markdown(r: dict) -> str:
     if r.get("speed"):
         lines += ["## Speed (images/s, 1 torch thread, same images, interleaved)", "",
                   "| rate point | semarc encode | semarc encode (no verify) | CompressAI compress | semarc decode | "
-                  "CompressAI decompress | encode ratio | decode ratio |", "| --- |" + " --- |" * 7]
+                  "CompressAI decompress | encode ratio | decode ratio | same strings / pixels as CompressAI |",
+                  "| --- |" + " --- |" * 8]
         for point, s in r["speed"].items():
             ips, ra = s["images_per_s"], s["ratio_vs_compressai"]
+            same = (f"{s['same_strings_as_compressai']} / {s['same_pixels_as_compressai']} of {s['images']}"
+                    if "images" in s else str(s.get("same_strings_and_pixels_as_compressai")))
             lines.append(f"| {point} | {ips['semarc-encode']} | {ips['semarc-encode-noverify']} | "
                          f"{ips['compressai-compress']} | {ips['semarc-decode']} | {ips['compressai-decompress']} | "
-                         f"{ra['encode']} | {ra['decode']} |")
+                         f"{ra['encode']} | {ra['decode']} | {same} |")
         first = next(iter(r["speed"].values()))
         lines += ["", f"Protocol: {first['protocol']}. semarc's encode verifies its symbols by entropy-decoding them "
-                  f"back (what encode jobs do). Same strings and pixels as CompressAI: "
-                  f"{first['same_strings_and_pixels_as_compressai']}.", ""]
+                  "back (what encode jobs do). Same strings: images whose entropy-coded latent string is "
+                  "byte-identical to CompressAI's `net.compress`; a scale-hyperprior point can differ where "
+                  "CompressAI's float32 scales choose another Gaussian table than semarc's float64 ones (the "
+                  "same symbols, hence the same pixels).", ""]
     lines += ["Baseline settings:", ""] + [f"* `{k}`: {v}" for k, v in r["baselines"].items()]
     return "\n".join(lines) + "\n"
 

