@@ -91,20 +91,31 @@ def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.G
     return torch.cat(xs).clamp_(0, 1)
 
 
+def _bpp(likelihoods, x: torch.Tensor) -> torch.Tensor:
+    """Bits per pixel of the batch ``x`` under the given likelihood tensors."""
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    return sum(torch.log(l).sum() for l in likelihoods) / (-math.log(2) * n)
+
+
+def _rd(x_hat, x, rate, lmbda, lpips_net, lpips_weight):
+    """(loss, mse, lpips) with loss = lmbda * 255^2 * MSE + rate [+ W * LPIPS]."""
+    mse = F.mse_loss(x_hat, x)
+    loss = lmbda * 255 ** 2 * mse + rate
+    lp = None
+    if lpips_net is not None:
+        lp = lpips_net(x_hat * 2 - 1, x * 2 - 1).mean()
+        loss = loss + lpips_weight * lp
+    return loss, mse, lp
+
+
 def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
     """(loss, bpp, mse, lpips): loss = lmbda * 255^2 * MSE + lpips_weight * LPIPS + bpp.
 
     ``lpips`` (the batch mean of LPIPS-Alex between reconstruction and input) is
     computed, differentiably, only when ``lpips_net`` is given; otherwise None."""
     out = net(x)
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-math.log(2) * n)
-    mse = F.mse_loss(out["x_hat"], x)
-    loss = lmbda * 255 ** 2 * mse + bpp
-    lp = None
-    if lpips_net is not None:
-        lp = lpips_net(out["x_hat"] * 2 - 1, x * 2 - 1).mean()
-        loss = loss + lpips_weight * lp
+    bpp = _bpp(out["likelihoods"].values(), x)
+    loss, mse, lp = _rd(out["x_hat"], x, bpp, lmbda, lpips_net, lpips_weight)
     return loss, bpp, mse, lp
 
 
@@ -112,25 +123,18 @@ def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
     """``rd_loss`` for a run that trains ``g_s`` alone (``--train-part decoder``):
     the encoder and the entropy model run without gradients and quantise as the
     coder does (``round(y)`` for a hyperprior, ``round(y - median) + median`` for
-    a factorized prior), and ``bpp`` is the rate of those symbols."""
+    a factorized prior). ``bpp``, the rate of those symbols, is logged only: it
+    does not depend on ``g_s``, so the loss leaves it out."""
     with torch.no_grad():
         y = net.g_a(x)
         if hasattr(net, "h_a"):
             z_hat, z_l = net.entropy_bottleneck(net.h_a(torch.abs(y)), training=False)
             y_hat, y_l = net.gaussian_conditional(y, net.h_s(z_hat), training=False)
-            likelihoods = [y_l, z_l]
+            bpp = _bpp([y_l, z_l], x)
         else:
             y_hat, y_l = net.entropy_bottleneck(y, training=False)
-            likelihoods = [y_l]
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        bpp = sum(torch.log(l).sum() for l in likelihoods) / (-math.log(2) * n)
-    x_hat = net.g_s(y_hat)
-    mse = F.mse_loss(x_hat, x)
-    loss = lmbda * 255 ** 2 * mse
-    lp = None
-    if lpips_net is not None:
-        lp = lpips_net(x_hat * 2 - 1, x * 2 - 1).mean()
-        loss = loss + lpips_weight * lp
+            bpp = _bpp([y_l], x)
+    loss, mse, lp = _rd(net.g_s(y_hat), x, 0.0, lmbda, lpips_net, lpips_weight)
     return loss, bpp, mse, lp
 
 
