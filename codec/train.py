@@ -39,6 +39,11 @@ analysis transform and the entropy model frozen, ``g_s`` learns from exactly
 what it will decode, at a fraction of a joint step's cost, and the exported
 point writes the same bytes as ``CKPT`` (its fingerprint differs: the pixels
 do). The run's ``bpp`` is then the real symbols' rate, a constant of the run.
+
+Mixed quantisation: ``--quant mixed`` (joint runs) keeps the noise proxy for
+the rate but feeds the synthesis (and a hyperprior's scale network) the
+latents rounded as the coder rounds them, with a straight-through gradient, so
+the encoder, too, learns against the rounding it meets in use.
 """
 
 from __future__ import annotations
@@ -108,14 +113,44 @@ def _rd(x_hat, x, rate, lmbda, lpips_net, lpips_weight):
     return loss, mse, lp
 
 
-def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
+def _ste_round(v: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``v`` quantised as the coder does (``round(v)``, or ``round(v - offset) +
+    offset`` for an entropy bottleneck's medians) with the identity's gradient."""
+    q = torch.round(v) if offset is None else torch.round(v - offset) + offset
+    return v + (q - v).detach()
+
+
+def _mixed_forward(net, x):
+    """(x_hat, likelihoods) with mixed quantisation: the rate from the latents
+    plus uniform noise (CompressAI's differentiable proxy), the synthesis (and,
+    for a hyperprior, the scales) from the latents rounded as the coder rounds
+    them, through a straight-through gradient."""
+    y = net.g_a(x)
+    if hasattr(net, "h_a"):
+        z = net.h_a(torch.abs(y))
+        _, z_l = net.entropy_bottleneck(z)
+        z_hat = _ste_round(z, net.entropy_bottleneck._get_medians().detach())
+        _, y_l = net.gaussian_conditional(y, net.h_s(z_hat))
+        return net.g_s(_ste_round(y)), [y_l, z_l]
+    _, y_l = net.entropy_bottleneck(y)
+    return net.g_s(_ste_round(y, net.entropy_bottleneck._get_medians().detach())), [y_l]
+
+
+def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str = "noise"):
     """(loss, bpp, mse, lpips): loss = lmbda * 255^2 * MSE + lpips_weight * LPIPS + bpp.
 
+    ``quant``: ``noise`` (CompressAI's training forward: the synthesis sees the
+    latents plus uniform noise) or ``mixed`` (``_mixed_forward``: the synthesis
+    sees the rounded latents it decodes in use, the rate keeps the noise proxy).
     ``lpips`` (the batch mean of LPIPS-Alex between reconstruction and input) is
     computed, differentiably, only when ``lpips_net`` is given; otherwise None."""
-    out = net(x)
-    bpp = _bpp(out["likelihoods"].values(), x)
-    loss, mse, lp = _rd(out["x_hat"], x, bpp, lmbda, lpips_net, lpips_weight)
+    if quant == "mixed":
+        x_hat, likelihoods = _mixed_forward(net, x)
+    else:
+        out = net(x)
+        x_hat, likelihoods = out["x_hat"], out["likelihoods"].values()
+    bpp = _bpp(likelihoods, x)
+    loss, mse, lp = _rd(x_hat, x, bpp, lmbda, lpips_net, lpips_weight)
     return loss, bpp, mse, lp
 
 
@@ -157,6 +192,9 @@ def run_config(args) -> dict:
     part = getattr(args, "train_part", "all") or "all"
     if part != "all":
         config["train_part"] = part
+    quant = getattr(args, "quant", "noise") or "noise"
+    if quant != "noise":
+        config["quant"] = quant
     return config
 
 
@@ -167,6 +205,8 @@ def _same_config(old: dict, new: dict) -> bool:
             c.pop("lpips_weight", None)
         if c.get("train_part", "all") == "all":
             c.pop("train_part", None)
+        if c.get("quant", "noise") == "noise":
+            c.pop("quant", None)
         return c
     return norm(old) == norm(new)
 
@@ -186,6 +226,8 @@ def train(args) -> dict:
     decoder_only = config.get("train_part", "all") == "decoder"
     if decoder_only and not args.init:
         raise SystemExit("--train-part decoder fine-tunes a trained point's g_s: give it --init CKPT")
+    if decoder_only and "quant" in config:
+        raise SystemExit("--train-part decoder always decodes the rounded latents: --quant is for joint runs")
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         if not _same_config(old, config):
@@ -248,7 +290,10 @@ def train(args) -> dict:
             g["lr"] = args.lr * (0.1 if step >= drop_at else 1.0)
         x = sample_batch(photos, args.batch, args.crop, gen)
         opt.zero_grad()
-        loss, bpp, mse, lp = (decoder_loss if decoder_only else rd_loss)(net, x, args.lmbda, lpips_net, lpips_weight)
+        if decoder_only:
+            loss, bpp, mse, lp = decoder_loss(net, x, args.lmbda, lpips_net, lpips_weight)
+        else:
+            loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight, config.get("quant", "noise"))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="all (default) or decoder: train the synthesis transform g_s alone, from --init, on the "
                         "rounded latents it decodes in use; the encoder and entropy model stay frozen, so the "
                         "bitstreams are the --init point's byte for byte")
+    p.add_argument("--quant", default="noise", choices=["noise", "mixed"],
+                   help="how a joint run stands in for rounding: noise (default; CompressAI's training forward, "
+                        "latents plus uniform noise everywhere) or mixed (the rate from the noisy latents, the "
+                        "synthesis from the latents rounded as the coder rounds them, straight-through gradient); "
+                        "--train-part decoder always decodes the rounded latents")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")

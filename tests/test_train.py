@@ -214,6 +214,54 @@ def test_decoder_part_trains_g_s_alone_and_keeps_the_bytes(tmp_path, photos, arc
     assert isinstance(back, np.ndarray) and back.shape == img.shape
 
 
+@pytest.mark.parametrize("arch", ["factorized", "hyperprior"])
+def test_mixed_quant_decodes_the_coders_latents(tmp_path, photos, arch):
+    """--quant mixed: in training mode the synthesis gets the latents rounded as
+    the coder rounds them (its x_hat is CompressAI's own decompress of the
+    compressed batch), the rate keeps the noise proxy (equal in distribution to
+    the default forward's, not rounded), and the gradient still reaches the
+    encoder and, for a hyperprior, the hyper-analysis. A run records the choice,
+    resumes only with it, and a decoder-only run refuses it."""
+    torch.set_num_threads(1)
+    torch.manual_seed(3)
+    cfg = {"N": 8, "M": 12}
+    net = image_models.build(arch, cfg)
+    imgs = train.load_photos(sorted(__import__("glob").glob(photos)))
+    x = train.sample_batch(imgs, 2, 64, torch.Generator().manual_seed(0))
+    net.train()
+    x_hat, likelihoods = train._mixed_forward(net, x)
+    with torch.no_grad():
+        net.update(force=True)
+        enc = net.compress(x)
+        ref = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+    assert torch.allclose(x_hat.detach().clamp(0, 1), ref, atol=1e-5)
+    noisy = net(x)["x_hat"]
+    assert not torch.allclose(noisy.detach().clamp(0, 1), ref, atol=1e-3)  # the default forward does not round
+    net.zero_grad()
+    loss, bpp, _, _ = train.rd_loss(net, x, 0.01, quant="mixed")
+    assert 0 < float(bpp.detach()) < 20 and len(likelihoods) == (2 if arch == "hyperprior" else 1)
+    loss.backward()
+    assert float(sum(p.grad.abs().sum() for p in net.g_a.parameters())) > 0
+    if arch == "hyperprior":
+        assert float(sum(p.grad.abs().sum() for p in net.h_a.parameters())) > 0
+
+    run = tmp_path / "mixed"
+    common = ["--arch", arch, "--quant", "mixed"]
+    train.train(_args(run, photos, *common, "--steps", "2"))
+    assert json.loads((run / "config.json").read_text())["quant"] == "mixed"
+    train.train(_args(run, photos, *common, "--steps", "4"))
+    assert _state(run)["step"] == 4
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.train(_args(run, photos, "--arch", arch, "--steps", "6"))
+    init = tmp_path / "init.pt"
+    image_models.save_checkpoint(init, arch, cfg, image_models.build(arch, cfg), meta={})
+    with pytest.raises(SystemExit, match="--quant is for joint runs"):
+        train.train(_args(tmp_path / "dec", photos, *common, "--train-part", "decoder", "--init", str(init)))
+    plain = tmp_path / "plain"
+    train.train(_args(plain, photos, "--arch", arch, "--steps", "2"))
+    assert "quant" not in json.loads((plain / "config.json").read_text())
+
+
 def test_lr_drop_step_and_time_schedule(tmp_path, photos):
     """--lr-drop-step K drops the rate tenfold from step K; --drop-after-minutes
     drops it by time and logs the step, so --lr-drop-step reproduces the run."""
