@@ -113,27 +113,27 @@ def _rd(x_hat, x, rate, lmbda, lpips_net, lpips_weight):
     return loss, mse, lp
 
 
-def _ste_round(v: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """``v`` quantised as the coder does (``round(v)``, or ``round(v - offset) +
-    offset`` for an entropy bottleneck's medians) with the identity's gradient."""
-    q = torch.round(v) if offset is None else torch.round(v - offset) + offset
+def _ste(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` (``v`` quantised) forward, the identity's gradient back to ``v``."""
     return v + (q - v).detach()
 
 
 def _mixed_forward(net, x):
     """(x_hat, likelihoods) with mixed quantisation: the rate from the latents
     plus uniform noise (CompressAI's differentiable proxy), the synthesis (and,
-    for a hyperprior, the scales) from the latents rounded as the coder rounds
-    them, through a straight-through gradient."""
+    for a hyperprior, the scales) from the latents rounded by the calls the
+    coder (``codec/image.py``) rounds them with, through a straight-through
+    gradient."""
+    eb = net.entropy_bottleneck
     y = net.g_a(x)
     if hasattr(net, "h_a"):
         z = net.h_a(torch.abs(y))
-        _, z_l = net.entropy_bottleneck(z)
-        z_hat = _ste_round(z, net.entropy_bottleneck._get_medians().detach())
+        _, z_l = eb(z)
+        z_hat = _ste(z, eb.quantize(z, "dequantize", eb._get_medians()))
         _, y_l = net.gaussian_conditional(y, net.h_s(z_hat))
-        return net.g_s(_ste_round(y)), [y_l, z_l]
-    _, y_l = net.entropy_bottleneck(y)
-    return net.g_s(_ste_round(y, net.entropy_bottleneck._get_medians().detach())), [y_l]
+        return net.g_s(_ste(y, torch.round(y))), [y_l, z_l]
+    _, y_l = eb(y)
+    return net.g_s(_ste(y, eb.quantize(y, "dequantize", eb._get_medians()))), [y_l]
 
 
 def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str = "noise"):
