@@ -180,34 +180,29 @@ def lpips_network():
     return LPIPSAlex().eval().requires_grad_(False)
 
 
+# Options a run's config.json records only when they differ from these defaults, so
+# runs made before an option existed keep their configuration and resume unchanged.
+_RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise"}
+
+
 def run_config(args) -> dict:
-    """The run's identity in ``config.json``. ``lpips_weight`` is recorded only
-    when non-zero, so MSE runs keep the configuration (and file) they had before
-    perceptual fine-tuning existed and resume unchanged."""
+    """The run's identity in ``config.json`` (``_RECORDED_IF_SET`` options only
+    when not at their default)."""
     config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
               "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
-    w = float(getattr(args, "lpips_weight", 0.0) or 0.0)
-    if w:
-        config["lpips_weight"] = w
-    part = getattr(args, "train_part", "all") or "all"
-    if part != "all":
-        config["train_part"] = part
-    quant = getattr(args, "quant", "noise") or "noise"
-    if quant != "noise":
-        config["quant"] = quant
+    for key, default in _RECORDED_IF_SET.items():
+        value = getattr(args, key, default) or default
+        if key == "lpips_weight":
+            value = float(value)
+        if value != default:
+            config[key] = value
     return config
 
 
 def _same_config(old: dict, new: dict) -> bool:
     def norm(c):
-        c = {k: v for k, v in c.items() if k != "steps"}
-        if not c.get("lpips_weight"):
-            c.pop("lpips_weight", None)
-        if c.get("train_part", "all") == "all":
-            c.pop("train_part", None)
-        if c.get("quant", "noise") == "noise":
-            c.pop("quant", None)
-        return c
+        return {k: v for k, v in c.items()
+                if k != "steps" and not (k in _RECORDED_IF_SET and (v or _RECORDED_IF_SET[k]) == _RECORDED_IF_SET[k])}
     return norm(old) == norm(new)
 
 
