@@ -300,7 +300,9 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2) ->
                                                              / ips["compressai-compress"], 3),
                                     "decode": round(ips["semarc-decode"] / ips["compressai-decompress"], 3)},
             # a hyperprior's y string can differ where CompressAI's float32 scales pick
-            # another table than semarc's float64 ones (the same symbols, so the same pixels)
+            # another table than semarc's float64 ones (the same symbols, so the same pixels);
+            # a checkerboard point's CompressAI side is the network without its context
+            # (ScaleHyperprior's compress/decompress): other strings, the same symbols
             "same_strings_as_compressai": int(same_strings), "same_pixels_as_compressai": int(same_pixels),
             "images": len(images), "rounds": reps,
             "protocol": "1 torch thread, one image per call, interleaved per image, best of the rounds; "
@@ -478,7 +480,9 @@ def markdown(r: dict) -> str:
                   "back (what encode jobs do). Same strings: images whose entropy-coded latent string is "
                   "byte-identical to CompressAI's `net.compress`; a scale-hyperprior point can differ where "
                   "CompressAI's float32 scales choose another Gaussian table than semarc's float64 ones (the "
-                  "same symbols, hence the same pixels).", ""]
+                  "same symbols, hence the same pixels). A checkerboard point's CompressAI figures are "
+                  "`ScaleHyperprior.compress`/`decompress` of the same network without its context (CompressAI "
+                  "has no such model): other strings by design, the same symbols and pixels.", ""]
     lines += ["Baseline settings:", ""] + [f"* `{k}`: {v}" for k, v in r["baselines"].items()]
     return "\n".join(lines) + "\n"
 

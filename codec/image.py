@@ -24,6 +24,10 @@ parameters at load), so the symbols are the same on every machine.
   both sides pick the same table. The list is almost always empty (one byte);
   an unlisted scale the decoder finds within half the margin of a boundary
   is reported as a numerical disagreement, never decoded silently.
+* ``checkerboard``: the hyperprior plus a checkerboard context, coded in two
+  passes (anchors, then the rest). The second pass's scales come from float64
+  computations over the decoded anchors (integers), with the same margin and
+  list covering both passes.
 
 At encode time the payload is entropy-decoded back, by the decoder's own
 code path, and its symbols compared before the bytes are accepted; at decode
@@ -34,6 +38,8 @@ Payload after the size varints: ``factorized``: the y string; ``hyperprior``:
 varint len(z string), z string, varint count of listed indexes, then per
 entry varint (flat position - previous position - 1 ... delta coded) and one
 index byte, then the y string.
+``checkerboard``: as ``hyperprior`` up to the list, then varint len(anchor
+string), the anchor string, the string of the other positions.
 """
 
 from __future__ import annotations
@@ -86,7 +92,13 @@ class ImageCoder:
         self.net = self.model.net.to(device).eval()
         self.stride = self.model.stride
         self._exact = self.model.arch in image_models.EXACT_ARCHS
-        self._hyper = self.model.arch == "hyperprior"
+        self._hyper = self.model.arch in ("hyperprior", "checkerboard")
+        self._ckbd = self.model.arch == "checkerboard"
+        if self._ckbd:  # float64 copies of the context and of entropy_params' 1x1 layers
+            self._ctx_w = self.net.context.weight.detach().double().to(device)
+            self._ctx_b = self.net.context.bias.detach().double().to(device)
+            self._mlp = [(m.weight.detach().double().flatten(1).to(device), m.bias.detach().double().to(device))
+                         for m in self.net.entropy_params if isinstance(m, torch.nn.Conv2d)]
         if self._hyper:
             self._h_s64 = copy.deepcopy(self.net.h_s).double().eval()
             gc = self.net.gaussian_conditional
@@ -99,6 +111,8 @@ class ImageCoder:
              else "crc32&0xffff of payload", "fingerprint": self.model.fingerprint}
         if self._hyper:
             d["scales"] = f"float64 h_s; indexes within {SCALE_MARGIN!r} (relative) of a table boundary listed"
+        if self._ckbd:
+            d["context"] = "checkerboard, two passes; float64 context over the decoded anchors"
         return d
 
     # -- symbols ----------------------------------------------------------------
@@ -112,7 +126,52 @@ class ImageCoder:
         rule: the number of table boundaries below the scale) from float64
         ``h_s(z_hat)``, and each element's relative distance to the nearest
         boundary (compared with ``SCALE_MARGIN`` by the callers)."""
-        s = self._h_s64(z_hat.double())
+        return self._table_indexes(self._h_s64(z_hat.double()))
+
+    def _checkerboard_indexes(self, hyper: torch.Tensor, y_round: torch.Tensor | None,
+                              sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_scale_indexes`` for a checkerboard model, at the grid positions
+        ``sel`` (H x W bool) only, as (B, M, n) tensors: from the float64
+        hyperprior scales ``hyper`` and, for the second pass (``y_round`` given),
+        the context of the anchors of ``y_round``. The same function as the
+        model's ``scales``, in float64: the context is summed from the nonzero
+        anchors alone (the latent is mostly zeros) and ``entropy_params`` runs on
+        the selected positions only."""
+        base = hyper[..., sel].clamp(min=image_models.SCALE_MIN)  # (B, M, n)
+        if y_round is None:
+            ctx = torch.zeros_like(base)
+        else:
+            ctx = self._context64(y_round)[..., sel]
+        h = torch.cat([torch.log(base), ctx], 1).transpose(1, 2)  # (B, n, 2M)
+        for k, (w, b) in enumerate(self._mlp):
+            h = F.linear(h, w, b)
+            if k < len(self._mlp) - 1:
+                h = F.leaky_relu(h)
+        return self._table_indexes(base * torch.exp(h.transpose(1, 2)))
+
+    def _context64(self, y_round: torch.Tensor) -> torch.Tensor:
+        """The 5x5 context convolution of the anchors of ``y_round`` in float64
+        (CompressAI conv semantics, padding 2), as one sparse product over the
+        nonzero anchor symbols only: the latent is mostly zeros."""
+        B, M, H, W = y_round.shape
+        w = self._ctx_w  # (M_out, M_in, 5, 5)
+        anchors = self.net.anchor_mask(y_round).bool().expand(y_round.shape)
+        b, c, i, j = torch.nonzero((y_round != 0) & anchors, as_tuple=True)
+        v = y_round[b, c, i, j].double()
+        dev = y_round.device
+        di = torch.arange(5, device=dev).repeat_interleave(5)
+        dj = torch.arange(5, device=dev).repeat(5)
+        # input (i, j) reaches output (i - di + 2, j - dj + 2); rows index a grid padded by 2
+        rows = ((b[:, None] * (H + 4) + i[:, None] - di + 4) * (W + 4) + (j[:, None] - dj + 4)).reshape(-1)
+        cols = (c[:, None] * 25 + di * 5 + dj).reshape(-1)
+        taps = torch.sparse_coo_tensor(torch.stack([rows, cols]), v[:, None].expand(-1, 25).reshape(-1),
+                                       (B * (H + 4) * (W + 4), M * 25),
+                                       check_invariants=False)  # in range by construction
+        out = torch.sparse.mm(taps, w.permute(1, 2, 3, 0).reshape(M * 25, -1))
+        out = out.view(B, H + 4, W + 4, -1)[:, 2:H + 2, 2:W + 2].permute(0, 3, 1, 2)
+        return out + self._ctx_b.view(1, -1, 1, 1)
+
+    def _table_indexes(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self._bounds
         idx = torch.searchsorted(b, s.reshape(-1).contiguous()).reshape(s.shape)
         lo = b[(idx - 1).clamp(min=0)]
@@ -178,11 +237,28 @@ class ImageCoder:
         # the decoder's z_hat (symbols + medians, exactly what decompress returns); the
         # verification below decodes the strings themselves
         z_hat = eb.quantize(z, "dequantize", eb._get_medians())
-        idx, rel = self._scale_indexes(z_hat)
+        y_round = torch.round(y)
+        if self._ckbd:
+            hyper = self._h_s64(z_hat.double())
+            a = self._anchor_grid(y)
+            idx = torch.zeros(y.shape, dtype=torch.int32, device=y.device)
+            rel = torch.zeros(y.shape, dtype=torch.float64, device=y.device)
+            passes = []
+            for sel, known in ((a, None), (~a, y_round)):
+                i, r = self._checkerboard_indexes(hyper, known, sel)
+                idx[..., sel], rel[..., sel] = i, r
+                passes.append((sel, i))
+            y_strings = []
+            for j in range(x.shape[0]):
+                sa, sb = (gc.compress(y_round[j][:, sel].reshape(1, -1), i[j].reshape(1, -1))[0]
+                          for sel, i in passes)
+                y_strings.append(write_varint(len(sa)) + sa + sb)
+        else:
+            idx, rel = self._scale_indexes(z_hat)
+            y_strings = gc.compress(y, idx)
         near = rel < SCALE_MARGIN
-        y_strings = gc.compress(y, idx)
         zsym = self._symbols(z_hat)
-        ysym = torch.round(y).to(torch.int32)
+        ysym = y_round.to(torch.int32)
         bodies, syms = [], []
         for j in range(x.shape[0]):
             bodies.append(write_varint(len(z_strings[j])) + z_strings[j]
@@ -229,6 +305,11 @@ class ImageCoder:
                 p += 1
             if len(z) != ln or p > len(body):
                 raise ValueError("body shorter than its lengths")
+            if self._ckbd:
+                la, p = read_varint(body, p)
+                if p + la > len(body):
+                    raise ValueError("body shorter than its anchor string")
+                return [z, listed, body[p:p + la], body[p + la:]]
             return [z, listed, body[p:]]
         except ValueError as e:
             raise ImageCodecError(f"truncated or corrupt image body: {e}") from e
@@ -241,21 +322,51 @@ class ImageCoder:
             return y_hat, self._symbols(y_hat)[0].cpu().numpy().tobytes()
         eb, gc = self.net.entropy_bottleneck, self.net.gaussian_conditional
         z_hat = eb.decompress([parts[0]], (hp // self.stride, wp // self.stride))
-        idx, rel = self._scale_indexes(z_hat)
+        if not self._ckbd:
+            idx = self._settle(*self._scale_indexes(z_hat), parts[1], None)
+            y_hat = gc.decompress([parts[2]], idx)  # the symbols themselves (no means)
+        else:
+            # pass 1: the anchors, from the hyperprior alone; pass 2: the rest, which
+            # also see the decoded anchors (the context reads anchor positions only)
+            hyper = self._h_s64(z_hat.double())
+            y_hat = torch.zeros(hyper.shape, dtype=torch.float32, device=hyper.device)
+            a = self._anchor_grid(y_hat)
+            for sel, known, string in ((a, None, parts[2]), (~a, y_hat, parts[3])):
+                i, r = self._checkerboard_indexes(hyper, known, sel)
+                idx = torch.full(hyper.shape, -1, dtype=torch.int32, device=hyper.device)
+                rel = torch.ones(hyper.shape, dtype=torch.float64, device=hyper.device)
+                idx[..., sel], rel[..., sel] = i, r
+                mask = torch.zeros(hyper.shape, dtype=torch.bool, device=hyper.device)
+                mask[..., sel] = True
+                idx = self._settle(idx, rel, parts[1], mask)
+                y_hat[..., sel] = gc.decompress([string], idx[..., sel].reshape(1, -1)).view(y_hat[..., sel].shape).to(y_hat)
+        sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
+        return y_hat, sym
+
+    def _anchor_grid(self, like: torch.Tensor) -> torch.Tensor:
+        """The checkerboard's anchor positions: an H x W bool mask of ``like``'s grid."""
+        return self.net.anchor_mask(like)[0, 0].bool()
+
+    def _settle(self, idx: torch.Tensor, rel: torch.Tensor, listed: list, sel) -> torch.Tensor:
+        """The decoder's table indexes: ``idx`` with the encoder's listed
+        indexes put in; an unlisted element (among ``sel``, the elements this
+        pass decodes; all if None) within half the margin of a boundary is a
+        disagreement with the encoder and an error."""
         flat, relf = idx.reshape(-1), rel.reshape(-1)
-        listed = torch.zeros_like(relf, dtype=torch.bool)
-        for pos, k in parts[1]:
+        mark = torch.zeros_like(relf, dtype=torch.bool)
+        for pos, k in listed:
             if pos >= flat.numel() or k >= self._n_tables:
                 raise ImageCodecError(f"listed scale index ({pos}, {k}) out of range (corrupt bytes)")
             flat[pos] = k
-            listed[pos] = True
-        if bool(((relf < SCALE_MARGIN / 2) & ~listed).any()):
+            mark[pos] = True
+        close = (relf < SCALE_MARGIN / 2) & ~mark
+        if sel is not None:
+            close &= sel.reshape(-1)
+        if bool(close.any()):
             raise ImageCodecError("decoder-side entropy scales differ from the encoder's beyond the "
                                   "exactness margin: a numerical disagreement between machines, or "
                                   "corrupt bytes; refusing to decode")
-        y_hat = gc.decompress([parts[2]], idx)  # the symbols themselves (no means)
-        sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
-        return y_hat, sym
+        return idx
 
     def _n_strings(self) -> int:
         if not hasattr(self, "_ns"):

