@@ -9,7 +9,6 @@ last layer of ``entropy_params`` is not zero), so that the non-anchor indexes
 really depend on the anchors."""
 
 import argparse
-import math
 
 import numpy as np
 import pytest
@@ -18,25 +17,17 @@ import torch
 from semarc.codec import image as image_mod
 from semarc.codec import image_models, train
 from semarc.codec.image import ImageCodecError, ImageCoder
-from semarc.codec.imageio import read_image
-from semarc.jobs.sample import skimage_data_dir
+from test_image_hyper import _arrays, assert_roundtrip, spread_scales
 from test_train import _args, photos  # noqa: F401  (the synthetic training photos fixture)
 
 CFG = {"N": 16, "M": 24}
-
-
-def _spread_scales(net):
-    last = [m for m in net.h_s if isinstance(m, torch.nn.Conv2d)][-1]
-    with torch.no_grad():
-        last.weight.mul_(0.05)
-        last.bias.copy_(torch.logspace(math.log10(0.15), math.log10(30.0), last.bias.numel()))
 
 
 @pytest.fixture(scope="module")
 def ckbd_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     net = image_models.build("checkerboard", CFG)
-    _spread_scales(net)
+    spread_scales(net)
     with torch.no_grad():
         net.entropy_params[-1].weight.normal_(0, 0.05)
         net.g_a[-1].weight.mul_(40)  # an untrained latent rounds to zero almost everywhere: widen it
@@ -50,21 +41,8 @@ def coder(ckbd_ckpt):
     return ImageCoder(ckbd_ckpt)
 
 
-def _arrays():
-    a = read_image((skimage_data_dir() / "astronaut.png").read_bytes())[:200, :260].copy()
-    return [a, a[:, ::-1].copy(), a[::-1].copy(), a]
-
-
 def test_roundtrip_sizes_and_batch_invariance(coder):
-    arrays = _arrays() + [np.full((1, 1, 3), 90, np.uint8), np.zeros((70, 3, 3), np.uint8)]
-    one = [coder.encode_batch([a])[0] for a in arrays]
-    many = coder.encode_batch(arrays)
-    assert [c.payload for c in one] == [c.payload for c in many]
-    d1 = [coder.decode_batch([(c.payload, c.check)])[0] for c in one]
-    dn = coder.decode_batch([(c.payload, c.check) for c in many])
-    for a, b, c in zip(arrays, d1, dn):
-        assert isinstance(b, np.ndarray) and b.shape == a.shape and np.array_equal(b, c)
-    assert coder.describe()["arch"] == "checkerboard"
+    assert_roundtrip(coder, "checkerboard")
 
 
 def _latents(coder):
@@ -180,7 +158,7 @@ def test_entropy_part_keeps_the_pixels_and_trains_the_context(tmp_path, photos):
     torch.manual_seed(1)
     init = tmp_path / "h.pt"
     h = image_models.build("hyperprior", CFG)
-    _spread_scales(h)
+    spread_scales(h)
     with torch.no_grad():
         h.g_a[-1].weight.mul_(8)
     image_models.save_checkpoint(init, "hyperprior", CFG, h, meta={})

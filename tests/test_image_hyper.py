@@ -18,14 +18,20 @@ from semarc.codec.imageio import read_image
 from semarc.jobs.sample import skimage_data_dir
 
 
-@pytest.fixture(scope="module")
-def hyper_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    net = image_models.build("hyperprior", {"N": 16, "M": 24})
+def spread_scales(net):
+    """Set the hyper-synthesis' last layer so that the scales spread over the
+    whole Gaussian table range (also used by ``test_image_ckbd.py``)."""
     last = [m for m in net.h_s if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         last.weight.mul_(0.05)
         last.bias.copy_(torch.logspace(math.log10(0.15), math.log10(30.0), last.bias.numel()))
+
+
+@pytest.fixture(scope="module")
+def hyper_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = image_models.build("hyperprior", {"N": 16, "M": 24})
+    spread_scales(net)
     path = tmp_path_factory.mktemp("hyper") / "tiny-hyper.pt"
     image_models.save_checkpoint(path, "hyperprior", {"N": 16, "M": 24}, net, meta={})
     return str(path)
@@ -46,6 +52,12 @@ def _listed(coder, payload):
 
 
 def test_roundtrip_sizes_and_batch_invariance(coder):
+    assert_roundtrip(coder, "hyperprior")
+
+
+def assert_roundtrip(coder, arch):
+    """Odd sizes (1x1, 70x3) included; one image per call and a batch give the
+    same bytes and pixels."""
     arrays = _arrays() + [np.full((1, 1, 3), 90, np.uint8), np.zeros((70, 3, 3), np.uint8)]
     one = [coder.encode_batch([a])[0] for a in arrays]
     many = coder.encode_batch(arrays)
@@ -54,7 +66,7 @@ def test_roundtrip_sizes_and_batch_invariance(coder):
     dn = coder.decode_batch([(c.payload, c.check) for c in many])
     for a, b, c in zip(arrays, d1, dn):
         assert isinstance(b, np.ndarray) and b.shape == a.shape and np.array_equal(b, c)
-    assert coder.describe()["arch"] == "hyperprior"
+    assert coder.describe()["arch"] == arch
 
 
 def test_scales_near_boundaries_are_listed_and_decode_exactly(coder, monkeypatch):
