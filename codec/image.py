@@ -339,7 +339,8 @@ class ImageCoder:
                 mask = torch.zeros(hyper.shape, dtype=torch.bool, device=hyper.device)
                 mask[..., sel] = True
                 idx = self._settle(idx, rel, parts[1], mask)
-                y_hat[..., sel] = gc.decompress([string], idx[..., sel].reshape(1, -1)).view(y_hat[..., sel].shape).to(y_hat)
+                got = gc.decompress([string], idx[..., sel].reshape(1, -1))
+                y_hat[..., sel] = got.view(y_hat[..., sel].shape).to(y_hat)
         sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
         return y_hat, sym
 
