@@ -137,7 +137,7 @@ class ImageCoder:
         model's ``scales``, in float64: the context is summed from the nonzero
         anchors alone (the latent is mostly zeros) and ``entropy_params`` runs on
         the selected positions only."""
-        base = hyper[..., sel].clamp(min=image_models.SCALE_MIN)  # (B, M, n)
+        base = hyper[..., sel].clamp(min=self.net.scale_min)  # (B, M, n)
         if y_round is None:
             ctx = torch.zeros_like(base)
         else:

@@ -46,8 +46,6 @@ def build(arch: str, config: dict) -> torch.nn.Module:
 
 from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
 
-SCALE_MIN = 0.11  # CompressAI's GaussianConditional lower bound on scales
-
 
 @functools.lru_cache(maxsize=None)
 def _checkerboard_class():
@@ -75,6 +73,11 @@ def _checkerboard_class():
             nn.init.zeros_(self.entropy_params[-1].weight)
             nn.init.zeros_(self.entropy_params[-1].bias)
 
+        @property
+        def scale_min(self) -> float:
+            """The Gaussian conditional's own lower bound on scales (0.11)."""
+            return float(self.gaussian_conditional.lower_bound_scale.bound)
+
         @staticmethod
         def anchor_mask(like: torch.Tensor) -> torch.Tensor:
             """1 at anchor positions, broadcastable to ``like`` (N, C, H, W)."""
@@ -88,7 +91,7 @@ def _checkerboard_class():
             its anchors are read): at anchors with a zero context, elsewhere with
             the context of the anchors. (Training form; ``image.ImageCoder``
             computes the same in float64, sparsely, per pass.)"""
-            base = hyper_scales.clamp(min=SCALE_MIN)
+            base = hyper_scales.clamp(min=self.scale_min)
             m = self.anchor_mask(y_round)
             ctx = self.context(y_round * m) * (1 - m)
             return base * torch.exp(self.entropy_params(torch.cat([torch.log(base), ctx], 1)))
@@ -104,12 +107,6 @@ def _checkerboard_class():
             return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_l, "z": z_l}}
 
     return CheckerboardHyperprior
-
-
-def __getattr__(name: str):  # the class needs compressai: defined on first use
-    if name == "CheckerboardHyperprior":
-        return _checkerboard_class()
-    raise AttributeError(name)
 
 
 def state_dict_digest(state_dict: dict) -> str:

@@ -17,7 +17,7 @@ import torch
 from semarc.codec import image as image_mod
 from semarc.codec import image_models, train
 from semarc.codec.image import ImageCodecError, ImageCoder
-from test_image_hyper import _arrays, assert_roundtrip, spread_scales
+from test_image_hyper import _arrays, assert_roundtrip, assert_scale_noise_absorbed_or_refused, spread_scales
 from test_train import _args, photos  # noqa: F401  (the synthetic training photos fixture)
 
 CFG = {"N": 16, "M": 24}
@@ -91,23 +91,7 @@ def test_scale_float_noise_is_absorbed_and_larger_noise_is_an_error(coder, monke
     """Another machine computes the scales of either pass with different
     rounding: relative noise of 1e-10 decodes the same pixels; 1e-3 never
     yields a silent wrong image."""
-    arrays = _arrays()[:2]
-    coded = coder.encode_batch(arrays)
-    ref = coder.decode_batch([(c.payload, c.check) for c in coded])
-    exact = coder._table_indexes
-    gen = torch.Generator().manual_seed(1)
-
-    def noisy(scale):
-        def f(s):
-            return exact(s * (1 + scale * (2 * torch.rand(s.shape, generator=gen, dtype=s.dtype) - 1)))
-        return f
-
-    monkeypatch.setattr(coder, "_table_indexes", noisy(1e-10))
-    back = coder.decode_batch([(c.payload, c.check) for c in coded])
-    assert all(np.array_equal(a, b) for a, b in zip(ref, back))
-    monkeypatch.setattr(coder, "_table_indexes", noisy(1e-3))
-    back = coder.decode_batch([(c.payload, c.check) for c in coded])
-    assert all(isinstance(b, ImageCodecError) for b in back), back
+    assert_scale_noise_absorbed_or_refused(coder, monkeypatch)
 
 
 def test_listed_indexes_cover_both_passes(coder, monkeypatch):
