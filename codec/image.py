@@ -232,7 +232,7 @@ class ImageCoder:
         net = self.net
         eb, gc = net.entropy_bottleneck, net.gaussian_conditional
         y = net.g_a(x)
-        z = net.h_a(torch.abs(y))
+        z = net.h_a(image_models.hyper_analysis_input(net, y))
         z_strings = eb.compress(z)
         # the decoder's z_hat (symbols + medians, exactly what decompress returns); the
         # verification below decodes the strings themselves

@@ -28,20 +28,44 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 CKPT_FORMAT = "semarc-image-ckpt/1"
 
 
+HYPER_INPUTS = ("latent", "rounded")
+
+
 def build(arch: str, config: dict) -> torch.nn.Module:
-    """A fresh (untrained) network of a semarc architecture."""
+    """A fresh (untrained) network of a semarc architecture.
+
+    ``config``: ``N``, ``M`` and, for the hyperprior architectures,
+    optionally ``hyper_input``: what the hyper-analysis ``h_a`` reads,
+    ``latent`` (the default, CompressAI's ``|y|``) or ``rounded``
+    (``|round(y)|``, the symbols the coder writes). It is encoder-side only:
+    the decoder never runs ``h_a``, so both decode with the same code."""
     from compressai.models import FactorizedPrior, ScaleHyperprior
 
+    hyper_input = config.get("hyper_input", "latent")
+    if hyper_input not in HYPER_INPUTS or (hyper_input != "latent" and arch == "factorized"):
+        raise ValueError(f"hyper_input {hyper_input!r} does not fit architecture {arch!r}")
     if arch == "factorized":
         return FactorizedPrior(int(config["N"]), int(config["M"]))
     if arch == "hyperprior":
         # Balle et al. 2018 scale hyperprior: the same analysis/synthesis
         # transforms as "factorized" (so a factorized point can seed one), plus
         # hyper-transforms; decoded bit-exactly by ``image.ImageCoder``.
-        return ScaleHyperprior(int(config["N"]), int(config["M"]))
-    if arch == "checkerboard":
-        return _checkerboard_class()(int(config["N"]), int(config["M"]))
-    raise ValueError(f"unknown image codec architecture {arch!r}")
+        net = ScaleHyperprior(int(config["N"]), int(config["M"]))
+    elif arch == "checkerboard":
+        net = _checkerboard_class()(int(config["N"]), int(config["M"]))
+    else:
+        raise ValueError(f"unknown image codec architecture {arch!r}")
+    net.hyper_input = hyper_input
+    return net
+
+
+def hyper_analysis_input(net, y: torch.Tensor) -> torch.Tensor:
+    """What ``net.h_a`` reads for the latent ``y``: ``|y|``, or ``|round(y)|``
+    for a network built with ``hyper_input: rounded`` (a straight-through
+    gradient reaches ``y`` in training)."""
+    if getattr(net, "hyper_input", "latent") == "rounded":
+        y = y + (torch.round(y) - y).detach()
+    return torch.abs(y)
 
 
 from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
@@ -100,7 +124,7 @@ def _checkerboard_class():
             """Training forward (CompressAI's noise proxy); the context reads
             the anchors rounded, with a straight-through gradient."""
             y = self.g_a(x)
-            z = self.h_a(torch.abs(y))
+            z = self.h_a(hyper_analysis_input(self, y))
             z_hat, z_l = self.entropy_bottleneck(z)
             y_round = y + (torch.round(y) - y).detach()
             y_hat, y_l = self.gaussian_conditional(y, self.scales(self.h_s(z_hat), y_round))

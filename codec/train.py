@@ -47,7 +47,14 @@ the rate alone, everything but the transforms: the hyper-analysis and
 checkerboard context. The latent is rounded as the coder rounds it and its
 rate is the exact discrete likelihood under the predicted scales, so the
 exported point decodes ``CKPT``'s pixels from fewer bytes. ``--lmbda`` and
-``--lpips-weight`` play no part in such a run.
+``--lpips-weight`` play no part in such a run. By default it learns from
+random photo crops, each coded as an image of its own and downscaled at
+random as joint training sees them; ``--entropy-data latents`` learns instead
+from windows of the latents of whole photos (scales 1 and 0.6, computed once
+by the frozen ``g_a`` and cached in the run folder): the latent the coder
+actually meets, free of crop borders. ``--hyper-input rounded`` makes the
+hyper-analysis read ``|round(y)|``, the symbols the coder writes, rather than
+``|y|`` (encoder-side only; recorded in the checkpoint).
 
 Mixed quantisation: ``--quant mixed`` (joint runs) keeps the noise proxy for
 the rate but feeds the synthesis (and a hyperprior's scale network) the
@@ -58,6 +65,7 @@ the encoder, too, learns against the rounding it meets in use.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -136,7 +144,7 @@ def _mixed_forward(net, x):
     eb = net.entropy_bottleneck
     y = net.g_a(x)
     if hasattr(net, "h_a"):
-        z = net.h_a(torch.abs(y))
+        z = net.h_a(image_models.hyper_analysis_input(net, y))
         _, z_l = eb(z)
         z_hat = _ste(z, eb.quantize(z, "dequantize", eb._get_medians()))
         y_round = _ste(y, torch.round(y))
@@ -171,20 +179,78 @@ def _y_scales(net, z_hat, y_round):
     return net.scales(s, y_round) if hasattr(net, "scales") else s
 
 
-def entropy_loss(net, x):
+def entropy_loss(net, x=None, y=None):
     """(loss, bpp, mse, lpips) for a run that trains the entropy model alone
     (``--train-part entropy``): the transforms are frozen, the latent is
     rounded as the coder rounds it, and the loss is its rate: the exact
     discrete likelihood of the rounded latent under the predicted scales plus
     the hyper-latent's (noise proxy). The pixels do not depend on what it
-    trains, so ``mse`` and ``lpips`` are None."""
-    with torch.no_grad():
-        y = net.g_a(x)
-        y_round = torch.round(y)
-    z_hat, z_l = net.entropy_bottleneck(net.h_a(torch.abs(y)))
+    trains, so ``mse`` and ``lpips`` are None. Give the image batch ``x``, or
+    the latent batch ``y`` itself (``g_a``'s output, ``--entropy-data
+    latents``; 16 pixels per latent position each way)."""
+    if y is None:
+        with torch.no_grad():
+            y = net.g_a(x)
+    y_round = torch.round(y)
+    z_hat, z_l = net.entropy_bottleneck(net.h_a(image_models.hyper_analysis_input(net, y)))
     _, y_l = net.gaussian_conditional(y_round, _y_scales(net, z_hat, y_round), training=False)
-    bpp = _bpp([y_l, z_l], x)
+    pixels = y.shape[0] * y.shape[2] * y.shape[3] * LATENT_STRIDE ** 2
+    bpp = sum(torch.log(l).sum() for l in (y_l, z_l)) / (-math.log(2) * pixels)
     return bpp, bpp, None, None
+
+
+LATENT_STRIDE = 16  # pixels per latent position, each way (g_a's downsampling)
+WHOLE_PHOTO_SCALES = (1.0, 0.6)
+
+
+def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str) -> list[torch.Tensor]:
+    """``g_a``'s latents of every training photo, whole (padded to the model's
+    stride as the coder pads), at each scale of ``WHOLE_PHOTO_SCALES``
+    (Lanczos): what the coder sees when it codes a photo, not a crop of one.
+    Computed once per run and cached in ``cache`` (keyed by the ``--init``
+    file's SHA-256 and the photo list), so a resumed run trains on the
+    same latents bit for bit."""
+    from PIL import Image
+
+    from .image import _pad
+
+    key = {"init_sha256": init_sha, "photos": [os.path.basename(p) for p in paths],
+           "scales": list(WHOLE_PHOTO_SCALES)}
+    if cache.exists():
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        if blob.get("key") == json.dumps(key, sort_keys=True):
+            return blob["latents"]
+    stride = int(getattr(net, "downsampling_factor", 64))
+    out = []
+    with torch.no_grad():
+        for p in paths:
+            if "kodak" in p.lower() or "kodim" in os.path.basename(p).lower():
+                raise ValueError(f"refusing to train on Kodak ({p}): Kodak is for evaluation only")
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                for s in WHOLE_PHOTO_SCALES:
+                    a = im if s == 1.0 else im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
+                    x = torch.from_numpy(np.asarray(a).copy()).permute(2, 0, 1)[None].float() / 255.0
+                    out.append(net.g_a(_pad(x, stride))[0].contiguous())
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"key": json.dumps(key, sort_keys=True), "latents": out}, tmp)
+    os.replace(tmp, cache)
+    return out
+
+
+def sample_latents(latents: list[torch.Tensor], batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """Random ``crop``-pixel windows (``crop // 16`` latent positions each way)
+    of whole-photo latents: the latent as the coder sees it, free of the
+    border effects that coding a crop would add."""
+    side = crop // LATENT_STRIDE
+    ys = []
+    for _ in range(batch):
+        y = latents[int(torch.randint(len(latents), (1,), generator=gen))]
+        h, w = y.shape[-2:]
+        i = int(torch.randint(h - side + 1, (1,), generator=gen))
+        j = int(torch.randint(w - side + 1, (1,), generator=gen))
+        ys.append(y[:, i:i + side, j:j + side])
+    return torch.stack(ys)
 
 
 def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
@@ -196,7 +262,7 @@ def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
     with torch.no_grad():
         y = net.g_a(x)
         if hasattr(net, "h_a"):
-            z_hat, z_l = net.entropy_bottleneck(net.h_a(torch.abs(y)), training=False)
+            z_hat, z_l = net.entropy_bottleneck(net.h_a(image_models.hyper_analysis_input(net, y)), training=False)
             y_hat, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, torch.round(y)), training=False)
             bpp = _bpp([y_l, z_l], x)
         else:
@@ -215,7 +281,17 @@ def lpips_network():
 
 # Options a run's config.json records only when they differ from these defaults, so
 # runs made before an option existed keep their configuration and resume unchanged.
-_RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None}
+_RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
+                    "entropy_data": "crops", "hyper_input": "latent"}
+
+
+def model_config(config: dict) -> dict:
+    """The architecture's configuration (what the checkpoint and its
+    fingerprint record) from a run's ``config.json``."""
+    out = {"N": config["N"], "M": config["M"]}
+    if config.get("hyper_input", "latent") != "latent":
+        out["hyper_input"] = config["hyper_input"]
+    return out
 
 
 def run_config(args) -> dict:
@@ -257,6 +333,9 @@ def train(args) -> dict:
         raise SystemExit(f"--train-part {part} fine-tunes a trained point: give it --init CKPT")
     if part != "all" and "quant" in config:
         raise SystemExit(f"--train-part {part} always codes the rounded latents: --quant is for joint runs")
+    if config.get("hyper_input", "latent") != "latent" and part == "all" and config.get("quant", "noise") == "noise":
+        raise SystemExit("--hyper-input rounded needs the rounded latent in training: use --quant mixed "
+                         "or a --train-part run")
     if entropy_only and lpips_weight:
         raise SystemExit("--train-part entropy trains for the rate alone: --lpips-weight plays no part in it")
     if entropy_only and args.arch == "factorized":
@@ -269,9 +348,12 @@ def train(args) -> dict:
     cfg_path.write_text(json.dumps(config, indent=1, sort_keys=True))
 
     paths = sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
-    photos = [p.to(device) for p in load_photos(paths)]
+    latent_data = config.get("entropy_data", "crops") == "latents"
+    if latent_data and not entropy_only:
+        raise SystemExit("--entropy-data latents is for --train-part entropy (the transforms frozen)")
+    photos = [] if latent_data else [p.to(device) for p in load_photos(paths)]
     torch.manual_seed(args.seed)
-    net = image_models.build(args.arch, {"N": args.N, "M": args.M}).to(device)
+    net = image_models.build(args.arch, model_config(config)).to(device)
     lpips_net = lpips_network().to(device) if lpips_weight else None
     if decoder_only:  # g_s alone; the encoder and the entropy model (quantiles included) stay as --init has them
         params, aux_params = list(net.g_s.parameters()), []
@@ -315,6 +397,14 @@ def train(args) -> dict:
         loaded = init_from(net, args.arch, init)
         net.to(device)
         print(f"initialised from {args.init} ({init.arch}): {loaded}", flush=True)
+    latents = None
+    if latent_data:
+        t = time.time()
+        # keyed by the --init file's hash (loading it as a model would draw from torch's RNG,
+        # which a resumed run has just restored)
+        init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
+        latents = [y.to(device) for y in whole_photo_latents(net, paths, run / "latents.pt", init_sha)]
+        print(f"whole-photo latents: {len(latents)} ({time.time() - t:.0f} s)", flush=True)
 
     def save():
         tmp = state_path.with_suffix(".tmp")
@@ -324,7 +414,7 @@ def train(args) -> dict:
 
     net.train()
     log = open(run / "log.jsonl", "a")
-    t0, acc = time.time(), []
+    t0, acc, skipped = time.time(), [], 0
     started = time.time()
     deadline = started + args.max_minutes * 60 if args.max_minutes else None
     drop_at = int(0.9 * args.steps) if args.lr_drop_step is None else args.lr_drop_step
@@ -337,17 +427,24 @@ def train(args) -> dict:
         # learning-rate drop (tenfold) for the end of the schedule
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * (0.1 if step >= drop_at else 1.0)
-        x = sample_batch(photos, args.batch, args.crop, gen)
+        x = sample_latents(latents, args.batch, args.crop, gen) if latent_data else \
+            sample_batch(photos, args.batch, args.crop, gen)
         opt.zero_grad()
         if decoder_only:
             loss, bpp, mse, lp = decoder_loss(net, x, args.lmbda, lpips_net, lpips_weight)
         elif entropy_only:
-            loss, bpp, mse, lp = entropy_loss(net, x)
+            loss, bpp, mse, lp = entropy_loss(net, y=x) if latent_data else entropy_loss(net, x)
         else:
             loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight, config.get("quant", "noise"))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # a non-finite loss or gradient skips the update (and is logged) instead of
+        # poisoning the weights and every state saved after it; one host sync per step
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        if finite:
+            opt.step()
+        else:
+            skipped += 1
         if aux_opt is not None:
             aux_opt.zero_grad()
             aux = net.aux_loss()
@@ -356,20 +453,21 @@ def train(args) -> dict:
         else:
             aux = torch.zeros(())
         step += 1
-        # kept on the device until the log line: no host sync per step
-        acc.append(torch.stack([loss.detach(), bpp.detach()] + ([mse.detach()] if mse is not None else [])
-                               + ([lp.detach()] if lp is not None else [])))
+        if finite:
+            acc.append(torch.stack([loss.detach(), bpp.detach()] + ([mse.detach()] if mse is not None else [])
+                                   + ([lp.detach()] if lp is not None else [])))
         if step % args.log_every == 0 or step == args.steps:
-            a = torch.stack(acc).double().mean(0).cpu().numpy()
+            a = torch.stack(acc).double().mean(0).cpu().numpy() if acc else np.full(4, np.nan)
             rec = {"step": step, "loss": round(a[0], 5), "bpp": round(a[1], 5),
                    **({"psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3)} if not entropy_only else {}),
                    **({"lpips": round(a[3], 5)} if lpips_net is not None else {}),
                    "aux": round(float(aux.detach()), 3), "steps_per_s": round(len(acc) / (time.time() - t0), 3),
+                   **({"skipped_nonfinite": skipped} if skipped else {}),
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
-            t0, acc = time.time(), []
+            t0, acc, skipped = time.time(), [], 0
         if step % args.save_every == 0:
             save()
         if deadline and time.time() > deadline:
@@ -422,7 +520,7 @@ def fit_quantiles(net, steps: int = 3000) -> tuple[float, float]:
 def export(run: Path, out: str, args) -> dict:
     st = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
     cfg = json.loads((run / "config.json").read_text())
-    net = image_models.build(cfg["arch"], {"N": cfg["N"], "M": cfg["M"]})
+    net = image_models.build(cfg["arch"], model_config(cfg))
     net.load_state_dict(st["model"], strict=False)
     if cfg.get("train_part", "all") == "decoder":  # the entropy model is --init's: keep its tables exactly
         aux_before = aux_after = float(net.aux_loss().detach())
@@ -434,6 +532,6 @@ def export(run: Path, out: str, args) -> dict:
     meta = {"trained_steps": st["step"], "train_config": cfg, "last_log": lines[-1] if lines else None,
             **({"lr_drop_step": drops[-1]} if drops else {}),
             "command": getattr(args, "command_line", None), "aux_loss": [round(aux_before, 2), round(aux_after, 2)], "data": "open photos (../shared/data/photos), no Kodak"}
-    fp = image_models.save_checkpoint(out, cfg["arch"], {"N": cfg["N"], "M": cfg["M"]}, net, meta=meta)
+    fp = image_models.save_checkpoint(out, cfg["arch"], model_config(cfg), net, meta=meta)
     print(f"exported {out} fingerprint {fp[:16]} after {st['step']} steps", flush=True)
     return {"step": st["step"], "fingerprint": fp, "out": out}

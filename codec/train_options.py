@@ -33,6 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(hyper-transforms, hyper-latent density, a checkerboard context) for the rate of the "
                         "rounded latents, from --init (a hyperprior point seeds a checkerboard run whole): the "
                         "pixels stay the --init point's, the bytes shrink")
+    p.add_argument("--entropy-data", default="crops", choices=["crops", "latents"],
+                   help="what --train-part entropy learns from: crops (default; random photo crops at a random "
+                        "scale, coded as images of their own) or latents (windows of the latents of whole photos "
+                        "at scales 1 and 0.6, computed once by the frozen analysis transform: the latent as the "
+                        "coder sees it)")
+    p.add_argument("--hyper-input", default="latent", choices=["latent", "rounded"],
+                   help="what a hyperprior's hyper-analysis reads: latent (default, |y|, as CompressAI) or rounded "
+                        "(|round(y)|, the symbols the coder writes); encoder-side only, recorded in the checkpoint; "
+                        "joint runs need --quant mixed for it")
     p.add_argument("--lr-fresh", type=float, default=None,
                    help="learning rate of the parameters --init does not supply (a checkerboard context seeded "
                         "from a hyperprior point), while the rest trains at --lr; default: --lr for all")

@@ -9,6 +9,7 @@ last layer of ``entropy_params`` is not zero), so that the non-anchor indexes
 really depend on the anchors."""
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -174,3 +175,82 @@ def test_entropy_part_keeps_the_pixels_and_trains_the_context(tmp_path, photos):
     with pytest.raises(SystemExit, match="factorized"):
         train.train(_args(tmp_path / "f", photos, "--arch", "factorized", "--train-part", "entropy",
                           "--init", str(init), "--steps", "1"))
+
+
+def test_entropy_part_from_whole_photo_latents(tmp_path, photos):
+    """--entropy-data latents: the entropy model learns from windows of the
+    frozen analysis transform's latents of whole photos (scales 1 and 0.6),
+    exactly the latents the coder computes for those photos; they are
+    computed once per run and cached, a resumed run continues exactly as an
+    uninterrupted one, and only an entropy-part run takes the option."""
+    import glob
+
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    torch.manual_seed(2)
+    init = tmp_path / "h.pt"
+    h = image_models.build("hyperprior", CFG)
+    spread_scales(h)
+    with torch.no_grad():
+        h.g_a[-1].weight.mul_(8)
+    image_models.save_checkpoint(init, "hyperprior", CFG, h, meta={})
+    common = ["--arch", "checkerboard", "--train-part", "entropy", "--entropy-data", "latents",
+              "--N", "16", "--M", "24", "--init", str(init), "--lr-fresh", "1e-2", "--lr-drop-step", "100"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    train.train(_args(a, photos, *common, "--steps", "3"))
+    train.train(_args(a, photos, *common, "--steps", "6"))  # resumed
+    train.train(_args(b, photos, *common, "--steps", "6"))  # in one go
+    sa = torch.load(a / "state.pt", map_location="cpu", weights_only=False)["model"]
+    sb = torch.load(b / "state.pt", map_location="cpu", weights_only=False)["model"]
+    assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+    assert not torch.equal(sa["entropy_params.4.weight"], torch.zeros_like(sa["entropy_params.4.weight"]))
+    assert json.loads((a / "config.json").read_text())["entropy_data"] == "latents"
+
+    paths = sorted(glob.glob(photos))
+    lat = torch.load(a / "latents.pt", map_location="cpu", weights_only=True)["latents"]
+    assert len(lat) == 2 * len(paths)
+    net = image_models.load_checkpoint(init).net
+    img = np.asarray(Image.open(paths[0]).convert("RGB")).copy()
+    x = image_mod._pad(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255, 64)
+    with torch.no_grad():
+        assert torch.equal(lat[0], net.g_a(x)[0])  # the whole photo, padded as the coder pads it
+    assert lat[1].shape[-2:] == (64 // 16, 128 // 16)  # 96x112 at 0.6 -> 58x67, padded to 64x128
+
+    y = train.sample_latents(lat, 5, 64, torch.Generator().manual_seed(0))
+    assert y.shape == (5, CFG["M"], 4, 4)
+    loss, bpp, mse, _ = train.entropy_loss(net, y=y)
+    assert mse is None and 0 < float(bpp) < 50
+    with pytest.raises(SystemExit, match="--entropy-data latents is for --train-part entropy"):
+        train.train(_args(tmp_path / "d", photos, "--arch", "hyperprior", "--N", "16", "--M", "24",
+                          "--train-part", "decoder", "--entropy-data", "latents", "--init", str(init)))
+
+
+@pytest.mark.parametrize("arch", ["hyperprior", "checkerboard"])
+def test_rounded_hyper_input_is_encoder_side_only(tmp_path, arch):
+    """``hyper_input: rounded``: the hyper-analysis reads |round(y)|, so the
+    encoder writes another hyper-latent (other bytes) for the same latent; the
+    decoder, which never runs h_a, is unchanged and decodes the same pixels
+    bit-exactly (batch sizes and odd sizes as every point). The choice is part
+    of the checkpoint's configuration, hence of its fingerprint."""
+    torch.manual_seed(0)
+    net = image_models.build(arch, CFG)
+    spread_scales(net)
+    with torch.no_grad():
+        net.g_a[-1].weight.mul_(40)
+        net.h_a[0].weight.mul_(30)  # make the hyper-latent see the difference
+    plain, rounded = tmp_path / "plain.pt", tmp_path / "rounded.pt"
+    image_models.save_checkpoint(plain, arch, CFG, net, meta={})
+    fp = image_models.save_checkpoint(rounded, arch, {**CFG, "hyper_input": "rounded"}, net, meta={})
+    a, b = ImageCoder(str(plain)), ImageCoder(str(rounded))
+    assert b.net.hyper_input == "rounded" and a.net.hyper_input == "latent"
+    assert fp != image_models.load_checkpoint(plain).fingerprint
+    assert_roundtrip(b, arch)
+    imgs = _arrays()[:2]
+    ea, eb = a.encode_batch(imgs), b.encode_batch(imgs)
+    assert any(x.payload != y.payload for x, y in zip(ea, eb))
+    da = a.decode_batch([(c.payload, c.check) for c in ea])
+    db = b.decode_batch([(c.payload, c.check) for c in eb])
+    assert all(np.array_equal(x, y) for x, y in zip(da, db))
+    with pytest.raises(ValueError, match="hyper_input"):
+        image_models.build("factorized", {**CFG, "hyper_input": "rounded"})

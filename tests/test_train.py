@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -296,3 +297,25 @@ def test_train_on_cuda_then_export_loads_on_cpu(tmp_path, photos):
     out = tmp_path / "gpu.pt"
     train.export(run, str(out), argparse.Namespace(command_line="test"))
     assert image_models.load_checkpoint(out).meta["trained_steps"] == 6
+
+
+def test_a_nonfinite_step_is_skipped_and_logged(tmp_path, photos, monkeypatch):
+    """A step whose loss (or gradient) is not finite changes no weight: the run
+    goes on, its states stay finite, and the log line counts the skip."""
+    real = train.rd_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        loss, bpp, mse, lp = real(*a, **k)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), bpp, mse, lp
+
+    monkeypatch.setattr(train, "rd_loss", flaky)
+    torch.set_num_threads(1)
+    run = tmp_path / "nan"
+    train.train(_args(run, photos, "--steps", "4", "--log-every", "4"))
+    st = _state(run)
+    assert st["step"] == 4
+    assert all(bool(torch.isfinite(v).all()) for v in st["model"].values() if v.is_floating_point())
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_nonfinite"] == 1 and math.isfinite(last["loss"])
