@@ -80,13 +80,17 @@ from . import image_models
 from .train_options import DEFAULT_PHOTOS, add_arguments  # noqa: F401 - the command line's options
 
 
+def _refuse_kodak(path: str) -> None:
+    if "kodak" in path.lower() or "kodim" in os.path.basename(path).lower():
+        raise ValueError(f"refusing to train on Kodak ({path}): Kodak is for evaluation only")
+
+
 def load_photos(paths: list[str]) -> list[torch.Tensor]:
     from PIL import Image
 
     out = []
     for p in paths:
-        if "kodak" in p.lower() or "kodim" in os.path.basename(p).lower():
-            raise ValueError(f"refusing to train on Kodak ({p}): Kodak is for evaluation only")
+        _refuse_kodak(p)
         with Image.open(p) as im:
             out.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous())
     if not out:
@@ -224,8 +228,7 @@ def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str) -> li
     out = []
     with torch.no_grad():
         for p in paths:
-            if "kodak" in p.lower() or "kodim" in os.path.basename(p).lower():
-                raise ValueError(f"refusing to train on Kodak ({p}): Kodak is for evaluation only")
+            _refuse_kodak(p)
             with Image.open(p) as im:
                 im = im.convert("RGB")
                 for s in WHOLE_PHOTO_SCALES:
@@ -243,6 +246,10 @@ def sample_latents(latents: list[torch.Tensor], batch: int, crop: int, gen: torc
     of whole-photo latents: the latent as the coder sees it, free of the
     border effects that coding a crop would add."""
     side = crop // LATENT_STRIDE
+    small = [tuple(y.shape[-2:]) for y in latents if min(y.shape[-2:]) < side]
+    if small:
+        raise ValueError(f"--crop {crop} needs latents of at least {side}x{side}; "
+                         f"{len(small)} photo latents are smaller (e.g. {small[0]})")
     ys = []
     for _ in range(batch):
         y = latents[int(torch.randint(len(latents), (1,), generator=gen))]

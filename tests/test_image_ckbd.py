@@ -131,6 +131,19 @@ def test_bytes_identical_for_1_and_2_threads(ckbd_ckpt, tmp_path):
     assert_same_across_threads(ckbd_ckpt, tmp_path)
 
 
+def _hyperprior_init(tmp_path, seed):
+    """A small untrained hyperprior point (scales spread, latent widened) to seed entropy runs."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    init = tmp_path / "h.pt"
+    h = image_models.build("hyperprior", CFG)
+    spread_scales(h)
+    with torch.no_grad():
+        h.g_a[-1].weight.mul_(8)
+    image_models.save_checkpoint(init, "hyperprior", CFG, h, meta={})
+    return init
+
+
 def test_entropy_part_keeps_the_pixels_and_trains_the_context(tmp_path, photos):
     """--train-part entropy from a hyperprior point into a checkerboard run: the
     transforms stay the point's (the exported point decodes the same pixels
@@ -138,15 +151,7 @@ def test_entropy_part_keeps_the_pixels_and_trains_the_context(tmp_path, photos):
     and the logged rate is the rounded latent's."""
     from PIL import Image
 
-
-    torch.set_num_threads(1)
-    torch.manual_seed(1)
-    init = tmp_path / "h.pt"
-    h = image_models.build("hyperprior", CFG)
-    spread_scales(h)
-    with torch.no_grad():
-        h.g_a[-1].weight.mul_(8)
-    image_models.save_checkpoint(init, "hyperprior", CFG, h, meta={})
+    init = _hyperprior_init(tmp_path, seed=1)
     run = tmp_path / "ent"
     common = ["--arch", "checkerboard", "--train-part", "entropy", "--N", "16", "--M", "24", "--lr", "1e-3"]
     with pytest.raises(SystemExit, match="--init"):
@@ -187,14 +192,7 @@ def test_entropy_part_from_whole_photo_latents(tmp_path, photos):
 
     from PIL import Image
 
-    torch.set_num_threads(1)
-    torch.manual_seed(2)
-    init = tmp_path / "h.pt"
-    h = image_models.build("hyperprior", CFG)
-    spread_scales(h)
-    with torch.no_grad():
-        h.g_a[-1].weight.mul_(8)
-    image_models.save_checkpoint(init, "hyperprior", CFG, h, meta={})
+    init = _hyperprior_init(tmp_path, seed=2)
     common = ["--arch", "checkerboard", "--train-part", "entropy", "--entropy-data", "latents",
               "--N", "16", "--M", "24", "--init", str(init), "--lr-fresh", "1e-2", "--lr-drop-step", "100"]
     a, b = tmp_path / "a", tmp_path / "b"
