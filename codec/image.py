@@ -151,20 +151,24 @@ class ImageCoder:
 
     def _context64(self, y_round: torch.Tensor) -> torch.Tensor:
         """The 5x5 context convolution of the anchors of ``y_round`` in float64
-        (CompressAI conv semantics, padding 2), as one sparse product over the
-        nonzero anchor symbols only: the latent is mostly zeros."""
+        (CompressAI conv semantics, padding 2) at the **non-anchor** positions,
+        the only ones the second pass reads (at anchors it holds partial sums),
+        as one sparse product over the nonzero anchor symbols only: the latent
+        is mostly zeros, and of the 25 taps only the 12 with an odd offset lead
+        from an anchor to a non-anchor."""
         B, M, H, W = y_round.shape
         w = self._ctx_w  # (M_out, M_in, 5, 5)
         anchors = self.net.anchor_mask(y_round).bool().expand(y_round.shape)
         b, c, i, j = torch.nonzero((y_round != 0) & anchors, as_tuple=True)
         v = y_round[b, c, i, j].double()
         dev = y_round.device
-        di = torch.arange(5, device=dev).repeat_interleave(5)
-        dj = torch.arange(5, device=dev).repeat(5)
+        tap = torch.arange(25, device=dev)
+        tap = tap[(tap // 5 + tap % 5) % 2 == 1]
+        di, dj = tap // 5, tap % 5
         # input (i, j) reaches output (i - di + 2, j - dj + 2); rows index a grid padded by 2
         rows = ((b[:, None] * (H + 4) + i[:, None] - di + 4) * (W + 4) + (j[:, None] - dj + 4)).reshape(-1)
-        cols = (c[:, None] * 25 + di * 5 + dj).reshape(-1)
-        taps = torch.sparse_coo_tensor(torch.stack([rows, cols]), v[:, None].expand(-1, 25).reshape(-1),
+        cols = (c[:, None] * 25 + tap).reshape(-1)
+        taps = torch.sparse_coo_tensor(torch.stack([rows, cols]), v[:, None].expand(-1, len(tap)).reshape(-1),
                                        (B * (H + 4) * (W + 4), M * 25),
                                        check_invariants=False)  # in range by construction
         out = torch.sparse.mm(taps, w.permute(1, 2, 3, 0).reshape(M * 25, -1))
