@@ -117,9 +117,10 @@ def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.G
     return torch.cat(xs).clamp_(0, 1)
 
 
-def _bpp(likelihoods, x: torch.Tensor) -> torch.Tensor:
-    """Bits per pixel of the batch ``x`` under the given likelihood tensors."""
-    n = x.shape[0] * x.shape[2] * x.shape[3]
+def _bpp(likelihoods, x: torch.Tensor, pixels_per_position: int = 1) -> torch.Tensor:
+    """Bits per pixel under the given likelihood tensors of the batch ``x``:
+    images, or latents (``pixels_per_position`` pixels behind each position)."""
+    n = x.shape[0] * x.shape[2] * x.shape[3] * pixels_per_position
     return sum(torch.log(l).sum() for l in likelihoods) / (-math.log(2) * n)
 
 
@@ -198,8 +199,7 @@ def entropy_loss(net, x=None, y=None):
     y_round = torch.round(y)
     z_hat, z_l = net.entropy_bottleneck(net.h_a(image_models.hyper_analysis_input(net, y)))
     _, y_l = net.gaussian_conditional(y_round, _y_scales(net, z_hat, y_round), training=False)
-    pixels = y.shape[0] * y.shape[2] * y.shape[3] * LATENT_STRIDE ** 2
-    bpp = sum(torch.log(l).sum() for l in (y_l, z_l)) / (-math.log(2) * pixels)
+    bpp = _bpp([y_l, z_l], y, LATENT_STRIDE ** 2)
     return bpp, bpp, None, None
 
 
@@ -207,23 +207,39 @@ LATENT_STRIDE = 16  # pixels per latent position, each way (g_a's downsampling)
 WHOLE_PHOTO_SCALES = (1.0, 0.6)
 
 
-def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str) -> list[torch.Tensor]:
+def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str, crop: int) -> list[torch.Tensor]:
     """``g_a``'s latents of every training photo, whole (padded to the model's
     stride as the coder pads), at each scale of ``WHOLE_PHOTO_SCALES``
     (Lanczos): what the coder sees when it codes a photo, not a crop of one.
     Computed once per run and cached in ``cache`` (keyed by the ``--init``
     file's SHA-256 and the photo list), so a resumed run trains on the
-    same latents bit for bit."""
+    same latents bit for bit. Every latent must hold a ``crop``-pixel window
+    (checked once here, not per batch)."""
+    key = {"init_sha256": init_sha, "photos": [os.path.basename(p) for p in paths],
+           "scales": list(WHOLE_PHOTO_SCALES)}
+    side = crop // LATENT_STRIDE
+    out = None
+    if cache.exists():
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        if blob.get("key") == json.dumps(key, sort_keys=True):
+            out = blob["latents"]
+    if out is None:
+        out = _compute_latents(net, paths)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"key": json.dumps(key, sort_keys=True), "latents": out}, tmp)
+        os.replace(tmp, cache)
+    small = [tuple(y.shape[-2:]) for y in out if min(y.shape[-2:]) < side]
+    if small:
+        raise ValueError(f"--crop {crop} needs latents of at least {side}x{side}; "
+                         f"{len(small)} photo latents are smaller (e.g. {small[0]})")
+    return out
+
+
+def _compute_latents(net, paths: list[str]) -> list[torch.Tensor]:
     from PIL import Image
 
     from .image import _pad
 
-    key = {"init_sha256": init_sha, "photos": [os.path.basename(p) for p in paths],
-           "scales": list(WHOLE_PHOTO_SCALES)}
-    if cache.exists():
-        blob = torch.load(cache, map_location="cpu", weights_only=True)
-        if blob.get("key") == json.dumps(key, sort_keys=True):
-            return blob["latents"]
     stride = int(getattr(net, "downsampling_factor", 64))
     out = []
     with torch.no_grad():
@@ -235,9 +251,6 @@ def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str) -> li
                     a = im if s == 1.0 else im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
                     x = torch.from_numpy(np.asarray(a).copy()).permute(2, 0, 1)[None].float() / 255.0
                     out.append(net.g_a(_pad(x, stride))[0].contiguous())
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"key": json.dumps(key, sort_keys=True), "latents": out}, tmp)
-    os.replace(tmp, cache)
     return out
 
 
@@ -246,10 +259,6 @@ def sample_latents(latents: list[torch.Tensor], batch: int, crop: int, gen: torc
     of whole-photo latents: the latent as the coder sees it, free of the
     border effects that coding a crop would add."""
     side = crop // LATENT_STRIDE
-    small = [tuple(y.shape[-2:]) for y in latents if min(y.shape[-2:]) < side]
-    if small:
-        raise ValueError(f"--crop {crop} needs latents of at least {side}x{side}; "
-                         f"{len(small)} photo latents are smaller (e.g. {small[0]})")
     ys = []
     for _ in range(batch):
         y = latents[int(torch.randint(len(latents), (1,), generator=gen))]
@@ -410,7 +419,7 @@ def train(args) -> dict:
         # keyed by the --init file's hash (loading it as a model would draw from torch's RNG,
         # which a resumed run has just restored)
         init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
-        latents = [y.to(device) for y in whole_photo_latents(net, paths, run / "latents.pt", init_sha)]
+        latents = [y.to(device) for y in whole_photo_latents(net, paths, run / "latents.pt", init_sha, args.crop)]
         print(f"whole-photo latents: {len(latents)} ({time.time() - t:.0f} s)", flush=True)
 
     def save():
