@@ -29,9 +29,16 @@ parameters at load), so the symbols are the same on every machine.
   computations over the decoded anchors (integers), with the same margin and
   list covering both passes.
 
-At encode time the payload is entropy-decoded back, by the decoder's own
-code path, and its symbols compared before the bytes are accepted; at decode
-the symbol check is verified. CompressAI zoo models use float-derived
+The encoder computes each image's tables one image at a time, with the
+decoder's functions on the decoder's inputs (z_hat; then the anchors alone),
+so a batch codes the same bytes as single images. At encode time the payload
+is parsed and entropy-decoded back by the decoder's code path and every
+symbol compared before the bytes are accepted. The float64 tables are not
+computed a second time for that: they are a pure function of z_hat and the
+anchors, so once the decoded z_hat equals the encoder's bit for bit they are
+the decoder's tables (the float work would double the exactness cost and
+check nothing the symbol comparison does not). At decode the symbol check is
+verified. CompressAI zoo models use float-derived
 tables: their check covers the payload bytes only.
 
 Payload after the size varints: ``factorized``: the y string; ``hyperprior``:
@@ -84,6 +91,37 @@ def check16(data: bytes) -> int:
 SCALE_MARGIN = 2.0 ** -26  # relative distance from a Gaussian table boundary that is listed
 
 
+class _Tables:
+    """A Gaussian conditional's integer tables as the lists CompressAI's range
+    coder takes, converted once per coder, each row cut to its length.
+    CompressAI's ``compress`` and ``decompress`` convert the whole padded
+    table (64 x ~3000 entries, ~27,000 used) on every call and build the
+    decoded tensor element by element. The coder reads a row only below its
+    length (its last entry, 2^16, bounds every search), so this is the same
+    coder on the same tables: the same bytes and symbols as
+    ``GaussianConditional.compress``/``decompress`` without means (checked in
+    tests)."""
+
+    def __init__(self, gc) -> None:
+        self.coder = gc.entropy_coder
+        self.length = gc._cdf_length.reshape(-1).int().tolist()
+        self.cdf = [row[:n] for row, n in zip(gc._quantized_cdf.tolist(), self.length)]
+        self.offset = gc._offset.reshape(-1).int().tolist()
+        if any(n < 2 or row[0] != 0 or row[-1] != 1 << 16 for row, n in zip(self.cdf, self.length)):
+            raise ImageCodecError("malformed entropy tables in the checkpoint (a CDF row must run from 0 to 2^16)")
+
+    def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
+        """Integer-valued ``symbols`` coded with the tables ``indexes`` (same shape)."""
+        return self.coder.encode_with_indexes(symbols.reshape(-1).int().tolist(), indexes.reshape(-1).int().tolist(),
+                                              self.cdf, self.length, self.offset)
+
+    def decode(self, string: bytes, indexes: torch.Tensor) -> torch.Tensor:
+        """The int32 symbols of ``string`` (flat, one per index)."""
+        flat = indexes.reshape(-1).int().tolist()
+        v = self.coder.decode_with_indexes(string, flat, self.cdf, self.length, self.offset)
+        return torch.from_numpy(np.fromiter(v, np.int32, len(flat))).to(indexes.device)
+
+
 class ImageCoder:
     def __init__(self, codec: str = image_models.DEFAULT_CODEC, device: str = "cpu",
                  zoo_pretrained: bool = True) -> None:
@@ -95,7 +133,9 @@ class ImageCoder:
         self._hyper = self.model.arch in ("hyperprior", "checkerboard")
         self._ckbd = self.model.arch == "checkerboard"
         if self._ckbd:  # float64 copies of the context and of entropy_params' 1x1 layers
-            self._ctx_w = self.net.context.weight.detach().double().to(device)
+            # (M_in * 25, M_out), rows in (input channel, tap) order: the sparse context's right factor
+            self._ctx_w = (self.net.context.weight.detach().double().permute(1, 2, 3, 0)
+                           .reshape(-1, self.net.context.weight.shape[0]).contiguous().to(device))
             self._ctx_b = self.net.context.bias.detach().double().to(device)
             self._mlp = [(m.weight.detach().double().flatten(1).to(device), m.bias.detach().double().to(device))
                          for m in self.net.entropy_params if isinstance(m, torch.nn.Conv2d)]
@@ -104,6 +144,7 @@ class ImageCoder:
             gc = self.net.gaussian_conditional
             self._bounds = gc.scale_table.detach().double().to(device)[:-1].contiguous()
             self._n_tables = int(gc._quantized_cdf.shape[0])
+            self._tables = _Tables(gc)
 
     def describe(self) -> dict:
         d = {"kind": "image", "codec": self.model.name, "arch": self.model.arch, "config": self.model.config,
@@ -121,16 +162,9 @@ class ImageCoder:
         med = eb._get_medians()
         return torch.round(y_hat - med).to(torch.int32)
 
-    def _scale_indexes(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gaussian table index per element of y (CompressAI's ``build_indexes``
-        rule: the number of table boundaries below the scale) from float64
-        ``h_s(z_hat)``, and each element's relative distance to the nearest
-        boundary (compared with ``SCALE_MARGIN`` by the callers)."""
-        return self._table_indexes(self._h_s64(z_hat.double()))
-
     def _checkerboard_indexes(self, hyper: torch.Tensor, y_round: torch.Tensor | None,
                               sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_scale_indexes`` for a checkerboard model, at the grid positions
+        """``_table_indexes`` for a checkerboard model, at the grid positions
         ``sel`` (H x W bool) only, as (B, M, n) tensors: from the float64
         hyperprior scales ``hyper`` and, for the second pass (``y_round`` given),
         the context of the anchors of ``y_round``. The same function as the
@@ -138,13 +172,12 @@ class ImageCoder:
         anchors alone (the latent is mostly zeros) and ``entropy_params`` runs on
         the selected positions only."""
         base = hyper[..., sel].clamp(min=self.net.scale_min)  # (B, M, n)
-        if y_round is None:
-            ctx = torch.zeros_like(base)
+        if y_round is None:  # anchors: the context is zero, so only the first layer's log-scale half reads
+            h = torch.log(base).transpose(1, 2)  # (B, n, M)
         else:
-            ctx = self._context64(y_round)[..., sel]
-        h = torch.cat([torch.log(base), ctx], 1).transpose(1, 2)  # (B, n, 2M)
+            h = torch.cat([torch.log(base), self._context64(y_round)[..., sel]], 1).transpose(1, 2)  # (B, n, 2M)
         for k, (w, b) in enumerate(self._mlp):
-            h = F.linear(h, w, b)
+            h = F.linear(h, w[:, :h.shape[-1]] if k == 0 else w, b)
             if k < len(self._mlp) - 1:
                 h = F.leaky_relu(h)
         return self._table_indexes(base * torch.exp(h.transpose(1, 2)))
@@ -157,7 +190,6 @@ class ImageCoder:
         is mostly zeros, and of the 25 taps only the 12 with an odd offset lead
         from an anchor to a non-anchor."""
         B, M, H, W = y_round.shape
-        w = self._ctx_w  # (M_out, M_in, 5, 5)
         anchors = self.net.anchor_mask(y_round).bool().expand(y_round.shape)
         b, c, i, j = torch.nonzero((y_round != 0) & anchors, as_tuple=True)
         v = y_round[b, c, i, j].double()
@@ -171,11 +203,15 @@ class ImageCoder:
         taps = torch.sparse_coo_tensor(torch.stack([rows, cols]), v[:, None].expand(-1, len(tap)).reshape(-1),
                                        (B * (H + 4) * (W + 4), M * 25),
                                        check_invariants=False)  # in range by construction
-        out = torch.sparse.mm(taps, w.permute(1, 2, 3, 0).reshape(M * 25, -1))
+        out = torch.sparse.mm(taps, self._ctx_w)
         out = out.view(B, H + 4, W + 4, -1)[:, 2:H + 2, 2:W + 2].permute(0, 3, 1, 2)
         return out + self._ctx_b.view(1, -1, 1, 1)
 
     def _table_indexes(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian table index per float64 scale (CompressAI's ``build_indexes``
+        rule: the number of table boundaries below the scale) and each scale's
+        relative distance to the nearest boundary (compared with
+        ``SCALE_MARGIN`` by the callers)."""
         b = self._bounds
         idx = torch.searchsorted(b, s.reshape(-1).contiguous()).reshape(s.shape)
         lo = b[(idx - 1).clamp(min=0)]
@@ -207,18 +243,19 @@ class ImageCoder:
             x = torch.stack([torch.from_numpy(np.array(arrays[i])).permute(2, 0, 1) for i in idx]).float().div_(255.0)
             x = _pad(x.to(self.device), self.stride)
             if self._hyper:
-                bodies, syms = self._encode_hyper(x)
+                bodies, syms, expect = self._encode_hyper(x)
             elif self._exact:
                 y = self.net.g_a(x)
                 bodies = self.net.entropy_bottleneck.compress(y)
                 sym = self._symbols(self.net.entropy_bottleneck.quantize(
                     y, "dequantize", self.net.entropy_bottleneck._get_medians()))
                 syms = [sym[j].cpu().numpy().tobytes() for j in range(x.shape[0])]
+                expect = [None] * x.shape[0]
             if self._exact:
                 hp, wp = x.shape[-2:]
                 for j, i in enumerate(idx):
                     if verify:
-                        back = self._entropy_decode(self._split(bodies[j]), hp, wp)[1]
+                        back = self._entropy_decode(self._split(bodies[j]), hp, wp, expect[j])[1]
                         if back != syms[j]:
                             raise ImageCodecError("entropy-coded symbols did not decode back at encode time")
                     out[i] = CodedImage(write_varint(w) + write_varint(h) + bodies[j], check16(syms[j]), w, h)
@@ -231,44 +268,47 @@ class ImageCoder:
                     out[i] = CodedImage(payload, check16(payload), w, h)
         return out  # type: ignore[return-value]
 
-    def _encode_hyper(self, x: torch.Tensor) -> tuple[list[bytes], list[bytes]]:
-        """Bodies (z string, listed indexes, y string) and symbol bytes per image."""
+    def _encode_hyper(self, x: torch.Tensor) -> tuple[list[bytes], list[bytes], list[tuple]]:
+        """Bodies (z string, listed indexes, y string), symbol bytes and the
+        tables (``_entropy_decode``'s ``expect``) per image. The tables are
+        computed image by image, by the decoder's own functions on exactly the
+        inputs the decoder will have (z_hat, then the anchors alone), so a
+        batch and single images give the same bytes."""
         net = self.net
-        eb, gc = net.entropy_bottleneck, net.gaussian_conditional
+        eb = net.entropy_bottleneck
         y = net.g_a(x)
         z = net.h_a(image_models.hyper_analysis_input(net, y))
         z_strings = eb.compress(z)
-        # the decoder's z_hat (symbols + medians, exactly what decompress returns); the
-        # verification below decodes the strings themselves
+        # the decoder's z_hat: symbols + medians, what decompress returns (the
+        # verification checks it bit for bit)
         z_hat = eb.quantize(z, "dequantize", eb._get_medians())
         y_round = torch.round(y)
-        if self._ckbd:
-            hyper = self._h_s64(z_hat.double())
-            a = self._anchor_grid(y)
-            idx = torch.zeros(y.shape, dtype=torch.int32, device=y.device)
-            rel = torch.zeros(y.shape, dtype=torch.float64, device=y.device)
-            passes = []
-            for sel, known in ((a, None), (~a, y_round)):
-                i, r = self._checkerboard_indexes(hyper, known, sel)
-                idx[..., sel], rel[..., sel] = i, r
-                passes.append((sel, i))
-            y_strings = []
-            for j in range(x.shape[0]):
-                sa, sb = (gc.compress(y_round[j][:, sel].reshape(1, -1), i[j].reshape(1, -1))[0]
-                          for sel, i in passes)
-                y_strings.append(write_varint(len(sa)) + sa + sb)
-        else:
-            idx, rel = self._scale_indexes(z_hat)
-            y_strings = gc.compress(y, idx)
-        near = rel < SCALE_MARGIN
         zsym = self._symbols(z_hat)
         ysym = y_round.to(torch.int32)
-        bodies, syms = [], []
+        bodies, syms, expect = [], [], []
         for j in range(x.shape[0]):
+            zj, yj = z_hat[j:j + 1], y_round[j:j + 1]
+            hyper = self._h_s64(zj.double())
+            if self._ckbd:
+                a = self._anchor_grid(yj)
+                tables = [self._checkerboard_indexes(hyper, None, a),
+                          self._checkerboard_indexes(hyper, yj * a, ~a)]  # the anchors alone, as decoded
+                idx = torch.zeros(yj.shape, dtype=torch.int32, device=y.device)
+                rel = torch.zeros(yj.shape, dtype=torch.float64, device=y.device)
+                strings = []
+                for sel, (i, r) in zip((a, ~a), tables):
+                    idx[..., sel], rel[..., sel] = i, r
+                    strings.append(self._tables.encode(yj[0][:, sel], i))
+                y_string = write_varint(len(strings[0])) + strings[0] + strings[1]
+            else:
+                idx, rel = self._table_indexes(hyper)
+                tables = [(idx, rel)]
+                y_string = self._tables.encode(yj, idx)
             bodies.append(write_varint(len(z_strings[j])) + z_strings[j]
-                          + self._pack_listed(idx[j], near[j]) + y_strings[j])
+                          + self._pack_listed(idx[0], (rel < SCALE_MARGIN)[0]) + y_string)
             syms.append(zsym[j].cpu().numpy().tobytes() + ysym[j].cpu().numpy().tobytes())
-        return bodies, syms
+            expect.append((zj, hyper, tables))
+        return bodies, syms, expect
 
     # -- decode -------------------------------------------------------------------
     def _parse(self, payload: bytes) -> tuple[int, int, bytes]:
@@ -318,33 +358,44 @@ class ImageCoder:
         except ValueError as e:
             raise ImageCodecError(f"truncated or corrupt image body: {e}") from e
 
-    def _entropy_decode(self, parts: list, hp: int, wp: int) -> tuple[torch.Tensor, bytes]:
-        """(y_hat with a batch dimension of 1, symbol bytes) for one padded size."""
+    def _entropy_decode(self, parts: list, hp: int, wp: int,
+                        expect: tuple | None = None) -> tuple[torch.Tensor, bytes]:
+        """(y_hat with a batch dimension of 1, symbol bytes) for one padded size.
+
+        ``expect`` (encode-time verification): ``(z_hat, h_s64(z_hat), tables)``
+        as the encoder computed them for this image with these same functions.
+        The decoder's tables are a pure function of the decoded z_hat and (second
+        pass) the decoded anchors; so once the decoded z_hat equals the
+        encoder's bit for bit, they are the encoder's, and are taken from it
+        instead of being computed a second time (the caller then compares every
+        decoded symbol, anchors included, with the encoder's)."""
         if not self._hyper:
             shape = (hp // self.stride, wp // self.stride)
             y_hat = self.net.entropy_bottleneck.decompress([parts[0]], shape)
             return y_hat, self._symbols(y_hat)[0].cpu().numpy().tobytes()
-        eb, gc = self.net.entropy_bottleneck, self.net.gaussian_conditional
+        eb = self.net.entropy_bottleneck
         z_hat = eb.decompress([parts[0]], (hp // self.stride, wp // self.stride))
+        if expect is not None and not torch.equal(z_hat, expect[0]):
+            raise ImageCodecError("the hyper-latent did not decode back at encode time")
+        hyper = self._h_s64(z_hat.double()) if expect is None else expect[1]
         if not self._ckbd:
-            idx = self._settle(*self._scale_indexes(z_hat), parts[1], None)
-            y_hat = gc.decompress([parts[2]], idx)  # the symbols themselves (no means)
+            i, r = self._table_indexes(hyper) if expect is None else expect[2][0]
+            idx = self._settle(i.clone(), r, parts[1], None)
+            y_hat = self._tables.decode(parts[2], idx).view(hyper.shape).float()  # the symbols (no means)
         else:
             # pass 1: the anchors, from the hyperprior alone; pass 2: the rest, which
             # also see the decoded anchors (the context reads anchor positions only)
-            hyper = self._h_s64(z_hat.double())
             y_hat = torch.zeros(hyper.shape, dtype=torch.float32, device=hyper.device)
             a = self._anchor_grid(y_hat)
-            for sel, known, string in ((a, None, parts[2]), (~a, y_hat, parts[3])):
-                i, r = self._checkerboard_indexes(hyper, known, sel)
+            for k, (sel, known, string) in enumerate(((a, None, parts[2]), (~a, y_hat, parts[3]))):
+                i, r = self._checkerboard_indexes(hyper, known, sel) if expect is None else expect[2][k]
                 idx = torch.full(hyper.shape, -1, dtype=torch.int32, device=hyper.device)
                 rel = torch.ones(hyper.shape, dtype=torch.float64, device=hyper.device)
                 idx[..., sel], rel[..., sel] = i, r
                 mask = torch.zeros(hyper.shape, dtype=torch.bool, device=hyper.device)
                 mask[..., sel] = True
                 idx = self._settle(idx, rel, parts[1], mask)
-                got = gc.decompress([string], idx[..., sel].reshape(1, -1))
-                y_hat[..., sel] = got.view(y_hat[..., sel].shape).to(y_hat)
+                y_hat[..., sel] = self._tables.decode(string, idx[..., sel]).view(i.shape).to(y_hat)
         sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
         return y_hat, sym
 

@@ -18,7 +18,8 @@ import torch
 from semarc.codec import image as image_mod
 from semarc.codec import image_models, train
 from semarc.codec.image import ImageCodecError, ImageCoder
-from test_image_hyper import _arrays, assert_roundtrip, assert_scale_noise_absorbed_or_refused, spread_scales
+from test_image_hyper import (_arrays, assert_encode_verification_refuses_bad_decodes, assert_roundtrip,
+                               assert_scale_noise_absorbed_or_refused, spread_scales)
 from test_train import _args, photos  # noqa: F401  (the synthetic training photos fixture)
 
 CFG = {"N": 16, "M": 24}
@@ -111,6 +112,12 @@ def test_listed_indexes_cover_both_passes(coder, monkeypatch):
         assert sum(anchor) > 20 and len(anchor) - sum(anchor) > 20
     back = coder.decode_batch([(c.payload, c.check) for c in wide])
     assert all(np.array_equal(a, b) for a, b in zip(ref, back))
+
+
+def test_encode_verification_refuses_bad_decodes(coder, monkeypatch):
+    """Both passes' strings are decoded back at encode time (the tables are
+    the encoder's, reused once z_hat decodes bit for bit)."""
+    assert_encode_verification_refuses_bad_decodes(coder, monkeypatch)
 
 
 def test_corrupt_and_truncated_bodies_are_errors(coder):

@@ -69,6 +69,53 @@ def assert_roundtrip(coder, arch):
     assert coder.describe()["arch"] == arch
 
 
+def test_range_tables_code_what_compressai_codes(coder):
+    """The coder's cached tables (rows cut to their lengths) write CompressAI's
+    ``GaussianConditional.compress`` bytes and read back its symbols, over
+    every table and with symbols past a table's range (the escape path)."""
+    gc = coder.net.gaussian_conditional
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, gc._quantized_cdf.shape[0], (1, 6000), generator=gen, dtype=torch.int32)
+    sym = torch.round(torch.randn(idx.shape, generator=gen) * gc.scale_table[idx.long()] * 1.5)
+    sym[0, :6] = torch.tensor([1000.0, -1000.0, 70000.0, -70000.0, 0.0, 1.0])
+    ref = gc.compress(sym, idx)[0]
+    tables = image_mod._Tables(gc)
+    assert tables.encode(sym, idx) == ref
+    got = tables.decode(ref, idx)
+    assert got.dtype == torch.int32 and torch.equal(got, sym.int().reshape(-1))
+    assert torch.equal(gc.decompress([ref], idx).int().reshape(-1), got)
+
+
+def assert_encode_verification_refuses_bad_decodes(coder, monkeypatch):
+    """The encode-time verification decodes the written strings: a range
+    decoder that gets one symbol wrong, or a hyper-latent that does not
+    decode to the encoder's bit for bit, fails the encode (``verify=False``
+    still writes, which shows the check is what refuses)."""
+    arrays = _arrays()[:2]
+    assert len(coder.encode_batch(arrays)) == 2
+    real = image_mod._Tables.decode
+
+    def one_wrong(self, string, indexes):
+        out = real(self, string, indexes)
+        out[len(out) // 2] += 1
+        return out
+
+    monkeypatch.setattr(image_mod._Tables, "decode", one_wrong)
+    with pytest.raises(ImageCodecError, match="did not decode back"):
+        coder.encode_batch(arrays)
+    assert len(coder.encode_batch(arrays, verify=False)) == 2
+    monkeypatch.setattr(image_mod._Tables, "decode", real)
+    eb = coder.net.entropy_bottleneck
+    real_z = type(eb).decompress
+    monkeypatch.setattr(eb, "decompress", lambda strings, size: real_z(eb, strings, size) + 2.0 ** -20)
+    with pytest.raises(ImageCodecError, match="hyper-latent did not decode back"):
+        coder.encode_batch(arrays)
+
+
+def test_encode_verification_refuses_bad_decodes(coder, monkeypatch):
+    assert_encode_verification_refuses_bad_decodes(coder, monkeypatch)
+
+
 def test_scales_near_boundaries_are_listed_and_decode_exactly(coder, monkeypatch):
     arrays = _arrays()[:2]
     plain = coder.encode_batch(arrays)
