@@ -13,8 +13,6 @@ from PIL import Image, ImageOps
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):

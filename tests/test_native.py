@@ -133,6 +133,7 @@ def test_llama_steps_match_transformers_steps(tiny_llama, impl):
     assert max(float((got[k] - want[k]).abs().max()) for k in got) < 1e-12
 
 
+@pytest.mark.slow
 @needs_native
 def test_captions_decode_across_step_implementations(tiny_llama, caption_coder, shared):
     """Bytes written with the compiled steps decode exactly with transformers'

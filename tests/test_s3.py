@@ -11,8 +11,6 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
 
 def _free_port() -> int:
     with socket.socket() as s:
