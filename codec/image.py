@@ -291,8 +291,8 @@ class ImageCoder:
             hyper = self._h_s64(zj.double())
             if self._ckbd:
                 a = self._anchor_grid(yj)
-                tables = [self._checkerboard_indexes(hyper, None, a),
-                          self._checkerboard_indexes(hyper, yj * a, ~a)]  # the anchors alone, as decoded
+                # the second pass reads yj's anchors alone (``_context64`` masks them), as the decoder has them
+                tables = [self._checkerboard_indexes(hyper, None, a), self._checkerboard_indexes(hyper, yj, ~a)]
                 idx = torch.zeros(yj.shape, dtype=torch.int32, device=y.device)
                 rel = torch.zeros(yj.shape, dtype=torch.float64, device=y.device)
                 strings = []
@@ -392,9 +392,7 @@ class ImageCoder:
                 idx = torch.full(hyper.shape, -1, dtype=torch.int32, device=hyper.device)
                 rel = torch.ones(hyper.shape, dtype=torch.float64, device=hyper.device)
                 idx[..., sel], rel[..., sel] = i, r
-                mask = torch.zeros(hyper.shape, dtype=torch.bool, device=hyper.device)
-                mask[..., sel] = True
-                idx = self._settle(idx, rel, parts[1], mask)
+                idx = self._settle(idx, rel, parts[1], sel.expand(hyper.shape))
                 y_hat[..., sel] = self._tables.decode(string, idx[..., sel]).view(i.shape).to(y_hat)
         sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
         return y_hat, sym
