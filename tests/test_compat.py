@@ -1,0 +1,77 @@
+"""Archives written by an earlier semarc decode to the same captions and pixels.
+
+``tests/data/compat/<checkpoint>/`` holds one small archive per shipped
+checkpoint (three crops of scikit-image photos with captions), written by
+semarc 0.1.0 before the codec zoo; ``expected.json`` has what that version
+decoded from them. The codec points' bitstreams and footers are a promise:
+whatever the code becomes, these archives decode exactly like this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+DATA = Path(__file__).resolve().parent / "data" / "compat"
+EXPECTED = json.loads((DATA / "expected.json").read_text(encoding="utf-8"))["archives"]
+
+
+def pixels_sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def shard(name: str):
+    import fsspec
+
+    from semarc.jobs.shards import read_shard
+
+    return read_shard(fsspec.filesystem("file"), str(DATA / name / "part-00000.parquet"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_archive_decodes_to_the_recorded_captions_and_pixels(name):
+    """The coders the job's actors run, in this process with one torch thread
+    (as the archives were decoded when they were made)."""
+    import torch
+
+    from semarc.workers.caption_worker import CaptionWorker
+    from semarc.workers.image_worker import ImageWorker
+
+    torch.set_num_threads(1)
+    want = EXPECTED[name]
+    table, meta = shard(name)
+    profiles = json.loads(meta["semarc.profiles"])
+    # the footer keeps naming the checkpoint id and its fingerprint
+    assert profiles["image"]["codec"] == want["checkpoint"] == name
+    assert profiles["image"]["fingerprint"] == want["fingerprint"]
+    rows = table.to_pylist()
+    images = ImageWorker(profiles["image"]["codec"], threads=1).decode_arrays(
+        [r["image"] for r in rows], profiles)
+    captions = CaptionWorker(profiles["caption"]["model"], profiles["caption"]["profile"], threads=1).decode(
+        [r["caption"] for r in rows], profiles)
+    got = {r["key"]: {"caption": c.get("caption"), "width": int(a.shape[1]), "height": int(a.shape[0]),
+                      "pixels_sha256": pixels_sha256(a), "image_section_sha256": hashlib.sha256(r["image"]).hexdigest()}
+           if isinstance(a, np.ndarray) else {"error": a, "caption": c}
+           for r, a, c in zip(rows, images, captions)}
+    assert got == want["records"]
+
+
+def test_decode_job_writes_the_recorded_captions_and_pixels(tmp_path):
+    """``semarc decode`` on the archive of the default point, end to end."""
+    from PIL import Image
+
+    name = "semarc-h05c"
+    r = run_cli("decode", DATA / name, tmp_path / "out", "--num-cpus", "1", "--no-progress")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    want = EXPECTED[name]["records"]
+    lines = [json.loads(x) for x in (tmp_path / "out" / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {x["key"]: x["caption"] for x in lines} == {k: v["caption"] for k, v in want.items()}
+    for key, v in want.items():
+        a = np.asarray(Image.open(tmp_path / "out" / "images" / f"{key}.png").convert("RGB"))
+        assert pixels_sha256(a) == v["pixels_sha256"], key
