@@ -58,8 +58,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from compressai.entropy_models import EntropyModel
 
-from . import image_models
+from . import image_models, rans
+from .imageio import MAX_PIXELS
 from .varint import read_varint, write_varint
 
 
@@ -92,23 +94,19 @@ SCALE_MARGIN = 2.0 ** -26  # relative distance from a Gaussian table boundary th
 
 
 class _Tables:
-    """A Gaussian conditional's integer tables as the lists CompressAI's range
-    coder takes, converted once per coder, each row cut to its length.
-    CompressAI's ``compress`` and ``decompress`` convert the whole padded
-    table (64 x ~3000 entries, ~27,000 used) on every call and build the
-    decoded tensor element by element. The coder reads a row only below its
-    length (its last entry, 2^16, bounds every search), so this is the same
-    coder on the same tables: the same bytes and symbols as
-    ``GaussianConditional.compress``/``decompress`` without means (checked in
-    tests)."""
+    """A Gaussian conditional's integer tables: the lists CompressAI's range
+    encoder takes, converted once per coder and each row cut to its length
+    (``compress`` converts the whole padded table, 64 x ~3000 entries, on
+    every call; the coder reads a row only below its length, so these are the
+    same bytes, checked in tests), and the bounds-checked decoder's
+    (``rans.Tables``) for the same tables."""
 
     def __init__(self, gc) -> None:
         self.coder = gc.entropy_coder
         self.length = gc._cdf_length.reshape(-1).int().tolist()
         self.cdf = [row[:n] for row, n in zip(gc._quantized_cdf.tolist(), self.length)]
         self.offset = gc._offset.reshape(-1).int().tolist()
-        if any(n < 2 or row[0] != 0 or row[-1] != 1 << 16 for row, n in zip(self.cdf, self.length)):
-            raise ImageCodecError("malformed entropy tables in the checkpoint (a CDF row must run from 0 to 2^16)")
+        self.rans = _rans_tables(gc)
 
     def encode(self, symbols: torch.Tensor, indexes: torch.Tensor) -> bytes:
         """Integer-valued ``symbols`` coded with the tables ``indexes`` (same shape)."""
@@ -117,9 +115,53 @@ class _Tables:
 
     def decode(self, string: bytes, indexes: torch.Tensor) -> torch.Tensor:
         """The int32 symbols of ``string`` (flat, one per index)."""
-        flat = indexes.reshape(-1).int().tolist()
-        v = self.coder.decode_with_indexes(string, flat, self.cdf, self.length, self.offset)
-        return torch.from_numpy(np.fromiter(v, np.int32, len(flat))).to(indexes.device)
+        return torch.from_numpy(_rans_decode(self.rans, string, indexes.reshape(-1).cpu().numpy())).to(indexes.device)
+
+
+def _rans_tables(em) -> rans.Tables:
+    """The bounds-checked decoder's tables of a CompressAI entropy model."""
+    try:
+        return rans.Tables(em._quantized_cdf.cpu().numpy(), em._cdf_length.cpu().numpy(), em._offset.cpu().numpy())
+    except ValueError as e:
+        raise ImageCodecError(f"malformed entropy tables in the checkpoint: {e}") from e
+
+
+def _rans_decode(tables: rans.Tables, string: bytes, indexes: np.ndarray) -> np.ndarray:
+    try:
+        return tables.decode(string, indexes)
+    except rans.RansError as e:
+        raise ImageCodecError(f"corrupt entropy-coded string: {e}") from e
+
+
+def _decode_bottleneck(eb, tables: rans.Tables, string: bytes, shape: tuple[int, int]) -> torch.Tensor:
+    """``EntropyBottleneck.decompress([string], shape)`` with the bounds-checked
+    decoder: the symbols (channel c coded with table c) plus the medians."""
+    c = int(eb._quantized_cdf.shape[0])
+    n = shape[0] * shape[1]
+    sym = _rans_decode(tables, string, np.repeat(np.arange(c, dtype=np.int32), n))
+    med = eb._get_medians().detach()
+    return torch.from_numpy(sym).view(1, c, *shape).to(med.device).type(med.dtype) + med
+
+
+class _SafeEntropyCoder:
+    """Stands in for a CompressAI entropy model's coder in the zoo models:
+    encoding is CompressAI's, decoding the bounds-checked decoder's (tables
+    converted once per model)."""
+
+    def __init__(self, model) -> None:
+        self._model, self._coder, self._tables = model, model.entropy_coder, None
+
+    def encode_with_indexes(self, *args):
+        return self._coder.encode_with_indexes(*args)
+
+    def decode_with_indexes(self, string, indexes, *_tables):
+        if self._tables is None:
+            self._tables = _rans_tables(self._model)
+        return _rans_decode(self._tables, string, np.asarray(indexes, dtype=np.int32)).tolist()
+
+
+# zoo models whose decompress runs CompressAI's RansDecoder directly (a serial context model)
+_ZOO_SEQUENTIAL = ("zoo:mbt2018", "zoo:cheng2020-anchor", "zoo:cheng2020-attn")
 
 
 class ImageCoder:
@@ -132,6 +174,16 @@ class ImageCoder:
         self._exact = self.model.arch in image_models.EXACT_ARCHS
         self._hyper = self.model.arch in ("hyperprior", "checkerboard")
         self._ckbd = self.model.arch == "checkerboard"
+        if self._exact:
+            self._eb_tables = _rans_tables(self.net.entropy_bottleneck)
+        else:  # a zoo model: every entropy model decodes through the bounds-checked decoder
+            if self.model.arch in _ZOO_SEQUENTIAL:
+                raise ImageCodecError(f"{self.model.name}: CompressAI's autoregressive models decode through a "
+                                      f"range decoder that trusts its input; semarc does not run them (use "
+                                      f"bmshj2018-factorized, bmshj2018-hyperprior or mbt2018-mean)")
+            for m in self.net.modules():
+                if isinstance(m, EntropyModel):
+                    m.entropy_coder = _SafeEntropyCoder(m)
         if self._ckbd:  # float64 copies of the context and of entropy_params' 1x1 layers
             # (M_in * 25, M_out), rows in (input channel, tap) order: the sparse context's right factor
             self._ctx_w = (self.net.context.weight.detach().double().permute(1, 2, 3, 0)
@@ -238,6 +290,8 @@ class ImageCoder:
             if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
                 raise ImageCodecError(f"image {i}: expected HxWx3 uint8, got {a.shape} {a.dtype}")
             h, w = a.shape[:2]
+            if not 0 < h * w <= MAX_PIXELS:
+                raise ImageCodecError(f"image {i}: {w}x{h} is outside 1..{MAX_PIXELS} pixels")
             groups.setdefault((-(-h // self.stride), -(-w // self.stride), h, w), []).append(i)
         for (_, _, h, w), idx in groups.items():
             x = torch.stack([torch.from_numpy(np.array(arrays[i])).permute(2, 0, 1) for i in idx]).float().div_(255.0)
@@ -317,8 +371,9 @@ class ImageCoder:
             h, pos = read_varint(payload, pos)
         except ValueError as e:
             raise ImageCodecError(f"truncated image header: {e}") from e
-        if not (0 < w <= 1 << 20 and 0 < h <= 1 << 20):
-            raise ImageCodecError(f"implausible image size {w}x{h} in header (corrupt bytes?)")
+        if not (0 < w <= 1 << 20 and 0 < h <= 1 << 20 and w * h <= MAX_PIXELS):
+            raise ImageCodecError(f"image size {w}x{h} in the header is outside what the encoder writes "
+                                  f"(1..{MAX_PIXELS} pixels; corrupt bytes?)")
         return w, h, payload[pos:]
 
     def _split(self, body: bytes) -> list:
@@ -339,6 +394,8 @@ class ImageCoder:
             z = body[p:p + ln]
             p += ln
             n, p = read_varint(body, p)
+            if n > (len(body) - p) // 2:  # each entry takes at least 2 bytes
+                raise ValueError(f"{n} listed indexes in {len(body) - p} bytes")
             listed, prev = [], -1
             for _ in range(n):
                 d, p = read_varint(body, p)
@@ -371,10 +428,10 @@ class ImageCoder:
         decoded symbol, anchors included, with the encoder's)."""
         if not self._hyper:
             shape = (hp // self.stride, wp // self.stride)
-            y_hat = self.net.entropy_bottleneck.decompress([parts[0]], shape)
+            y_hat = _decode_bottleneck(self.net.entropy_bottleneck, self._eb_tables, parts[0], shape)
             return y_hat, self._symbols(y_hat)[0].cpu().numpy().tobytes()
         eb = self.net.entropy_bottleneck
-        z_hat = eb.decompress([parts[0]], (hp // self.stride, wp // self.stride))
+        z_hat = _decode_bottleneck(eb, self._eb_tables, parts[0], (hp // self.stride, wp // self.stride))
         if expect is not None and not torch.equal(z_hat, expect[0]):
             raise ImageCodecError("the hyper-latent did not decode back at encode time")
         hyper = self._h_s64(z_hat.double()) if expect is None else expect[1]

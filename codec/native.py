@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 
 import torch
+
+from . import cbuild
 
 # (rows per block, column vectors per kernel, register file): 8 x 3 accumulators fit AVX-512's 32
 # registers, 4 x 3 AVX2's 16
@@ -199,55 +196,14 @@ void semarc_mm(const float *w, const double *x, double *out, size_t i0, size_t i
     ])
 
 
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fPIC", "-shared", "-fno-fast-math",
-          "-ffp-contract=off"]
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-fast-math", "-ffp-contract=off"]
 _lock = threading.Lock()
 _lib = None
 _error: str | None = None
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _compile() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise RuntimeError("no C compiler (cc, gcc or $CC)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    src = source()
-    key = hashlib.sha256("\n".join([src, cc, version, " ".join(_FLAGS), _cpu_flags()]).encode()).hexdigest()[:20]
-    root = os.environ.get("SEMARC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "semarc")
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError:  # a read-only home: compile into a temporary folder, uncached
-        root = tempfile.mkdtemp(prefix="semarc-native-")
-    folder = os.path.join(root, "native", key)
-    so = os.path.join(folder, "semarc_mm.so")
-    if not os.path.exists(so):
-        tmp = tempfile.mkdtemp(dir=root)
-        try:
-            with open(os.path.join(tmp, "semarc_mm.c"), "w") as f:
-                f.write(src)
-            r = subprocess.run([cc, *_FLAGS, "-o", os.path.join(tmp, "semarc_mm.so"),
-                                os.path.join(tmp, "semarc_mm.c"), "-lm"], capture_output=True, text=True, timeout=300)
-            if r.returncode:
-                raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-500:]}")
-            os.makedirs(os.path.dirname(folder), exist_ok=True)
-            try:
-                os.rename(tmp, folder)
-            except OSError:  # another process finished first
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    lib = ctypes.CDLL(so)
+    lib = cbuild.build("semarc_mm", source(), _FLAGS)
     lib.semarc_mm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t] * 4 + [ctypes.c_void_p]
     lib.semarc_mm.restype = None
     lib.semarc_lanes.restype = ctypes.c_int
