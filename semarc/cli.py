@@ -175,8 +175,14 @@ def cmd_sample(args) -> int:
     return EXIT_OK
 
 
+def cmd_corpus(args) -> int:
+    from semarc.train import corpus
+
+    return corpus.main(args)
+
+
 def cmd_train_codec(args) -> int:
-    from semarc.codec import train
+    from semarc.train import trainer as train
 
     args.command_line = "semarc " + " ".join(sys.argv[1:])
     train.train(args)
@@ -344,10 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")
-    from semarc.codec import train_options  # torch-free: every command builds this parser
+    from semarc.train import options as train_options  # torch-free: every command builds this parser
 
     train_options.add_arguments(t)
     t.set_defaults(func=cmd_train_codec)
+
+    k = sub.add_parser("corpus", help="build the training corpus (open photos, fixed validation split) in DIR")
+    k.add_argument("dir", nargs="?", default="~/.cache/semarc/corpus",
+                   help="output folder (default ~/.cache/semarc/corpus); nothing is written into the repository")
+    k.add_argument("--no-install", action="store_true",
+                   help="do not apt-get install missing wallpaper packages (their sources are left out)")
+    k.add_argument("--sources", default=None, help="another curated list (default: train/corpus_sources.json)")
+    k.set_defaults(func=cmd_corpus)
     return p
 
 

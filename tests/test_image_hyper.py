@@ -216,7 +216,7 @@ def test_bytes_identical_for_1_and_2_threads(hyper_ckpt, tmp_path):
 
 
 def test_factorized_point_seeds_a_hyperprior_run(tmp_path):
-    from semarc.codec import train
+    from semarc.train import trainer as train
 
     f = image_models.build("factorized", {"N": 16, "M": 24})
     image_models.save_checkpoint(tmp_path / "f.pt", "factorized", {"N": 16, "M": 24}, f, meta={})

@@ -1,4 +1,4 @@
-"""codec/train.py: MSE and LPIPS (perceptual) training, exact resume, --init."""
+"""train/trainer.py: MSE and LPIPS (perceptual) training, exact resume, --init."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from semarc.codec import image_models, train
+from semarc.codec import image_models
+from semarc.train import trainer as train
 
 pytest.importorskip("compressai")
 

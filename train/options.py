@@ -1,4 +1,4 @@
-"""The options of ``semarc train-codec`` (``codec/train.py``), importable
+"""The options of ``semarc train-codec`` (``train/trainer.py``), importable
 without torch: the command line builds every subcommand's parser at start,
 and a job driver must not pay for importing torch (about 1.3 s)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import names
+from semarc.codec import names
 
 DEFAULT_PHOTOS = "../shared/data/photos"
 
@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--photos", default=f"{DEFAULT_PHOTOS}/*.png", help="comma-separated globs")
+    p.add_argument("--corpus", default=None, metavar="DIR",
+                   help="train on the train split of the corpus that `semarc corpus DIR` built (instead of --photos); "
+                        "its validation split is held out for `semarc train-eval`")
     p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
                    "a factorized one seeds a hyperprior run's transforms)")
     p.add_argument("--log-every", type=int, default=50)

@@ -76,8 +76,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import image_models
-from .train_options import DEFAULT_PHOTOS, add_arguments  # noqa: F401 - the command line's options
+from semarc.codec import image_models
+
+from .options import DEFAULT_PHOTOS, add_arguments  # noqa: F401 - the command line's options
 
 
 def _refuse_kodak(path: str) -> None:
@@ -238,7 +239,7 @@ def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str, crop:
 def _compute_latents(net, paths: list[str]) -> list[torch.Tensor]:
     from PIL import Image
 
-    from .image import _pad
+    from semarc.codec.image import _pad
 
     stride = int(getattr(net, "downsampling_factor", 64))
     out = []
@@ -290,7 +291,7 @@ def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
 
 def lpips_network():
     """LPIPS-Alex as a frozen training loss (eval mode, no parameter gradients)."""
-    from .metrics import LPIPSAlex
+    from semarc.codec.metrics import LPIPSAlex
 
     return LPIPSAlex().eval().requires_grad_(False)
 
@@ -298,7 +299,10 @@ def lpips_network():
 # Options a run's config.json records only when they differ from these defaults, so
 # runs made before an option existed keep their configuration and resume unchanged.
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
-                    "entropy_data": "crops", "hyper_input": "latent"}
+                    "entropy_data": "crops", "hyper_input": "latent", "corpus": None}
+# Recorded, but not part of a run's identity: where the corpus lies may change between machines
+# (its train split's digest, ``corpus``, may not).
+_NOT_COMPARED = ("steps", "corpus_dir")
 
 
 def model_config(config: dict) -> dict:
@@ -315,6 +319,13 @@ def run_config(args) -> dict:
     when not at their default)."""
     config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
               "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
+    if getattr(args, "corpus", None):
+        from . import corpus
+
+        rows = corpus.read_manifest(args.corpus, "train")
+        config["photos"] = None
+        config["corpus_dir"] = str(Path(args.corpus).expanduser().resolve())
+        args = _with(args, corpus=corpus.split_digest(rows))
     for key, default in _RECORDED_IF_SET.items():
         value = getattr(args, key, default) or default
         if key == "lpips_weight":
@@ -324,10 +335,25 @@ def run_config(args) -> dict:
     return config
 
 
+def _with(args, **kw):
+    import argparse
+
+    return argparse.Namespace(**{**vars(args), **kw})
+
+
+def training_paths(args) -> list[str]:
+    """The training photos: the corpus's train split (``--corpus``) or the ``--photos`` globs."""
+    if getattr(args, "corpus", None):
+        from . import corpus
+
+        return sorted(r["path"] for r in corpus.read_manifest(args.corpus, "train"))
+    return sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
+
+
 def _same_config(old: dict, new: dict) -> bool:
     def norm(c):
         return {k: v for k, v in c.items()
-                if k != "steps" and not (k in _RECORDED_IF_SET and (v or _RECORDED_IF_SET[k]) == _RECORDED_IF_SET[k])}
+                if k not in _NOT_COMPARED and not (k in _RECORDED_IF_SET and (v or _RECORDED_IF_SET[k]) == _RECORDED_IF_SET[k])}
     return norm(old) == norm(new)
 
 
@@ -363,7 +389,7 @@ def train(args) -> dict:
             raise SystemExit(f"{run} holds a run with another configuration: {old}")
     cfg_path.write_text(json.dumps(config, indent=1, sort_keys=True))
 
-    paths = sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
+    paths = training_paths(args)
     latent_data = config.get("entropy_data", "crops") == "latents"
     if latent_data and not entropy_only:
         raise SystemExit("--entropy-data latents is for --train-part entropy (the transforms frozen)")
@@ -533,6 +559,12 @@ def fit_quantiles(net, steps: int = 3000) -> tuple[float, float]:
     return before, float(net.aux_loss())
 
 
+def _data_note(cfg: dict) -> str:
+    if cfg.get("corpus"):
+        return f"the train split of `semarc corpus` (train/corpus_sources.json; digest {cfg['corpus'][:16]}), no Kodak"
+    return "open photos (../shared/data/photos), no Kodak"
+
+
 def export(run: Path, out: str, args) -> dict:
     st = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
     cfg = json.loads((run / "config.json").read_text())
@@ -547,7 +579,7 @@ def export(run: Path, out: str, args) -> dict:
     lines = [l for l in lines if "loss" in l]
     meta = {"trained_steps": st["step"], "train_config": cfg, "last_log": lines[-1] if lines else None,
             **({"lr_drop_step": drops[-1]} if drops else {}),
-            "command": getattr(args, "command_line", None), "aux_loss": [round(aux_before, 2), round(aux_after, 2)], "data": "open photos (../shared/data/photos), no Kodak"}
+            "command": getattr(args, "command_line", None), "aux_loss": [round(aux_before, 2), round(aux_after, 2)], "data": _data_note(cfg)}
     fp = image_models.save_checkpoint(out, cfg["arch"], model_config(cfg), net, meta=meta)
     print(f"exported {out} fingerprint {fp[:16]} after {st['step']} steps", flush=True)
     return {"step": st["step"], "fingerprint": fp, "out": out}
