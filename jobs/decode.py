@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from ..cluster.ray_cluster import ray_session, size_pools
+from ..codec import zoo
 from .encode import EXIT_ERROR_ROWS, EXIT_OK, ensure_loaded
 from .inputs import JobError
 from .keys import safe_relpath
@@ -101,6 +102,9 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     if kv.get("semarc.format") != FORMAT:
         raise JobError(f"{paths[0]} is record format {kv.get('semarc.format')!r}; this semarc reads format {FORMAT}")
     profiles = json.loads(kv["semarc.profiles"])
+    codec = opts.codec or (profiles.get("image") or {}).get("codec")
+    if codec in zoo.RETIRED:  # before any work: the shards name a checkpoint this semarc no longer has
+        raise JobError(zoo.retired_message(codec))
     report = DecodeReport(shards=len(paths))
     done_parts = set()
     if dfs.exists(f"{droot}/_parts"):

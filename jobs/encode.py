@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import fsspec
 
 from ..cluster.ray_cluster import ray_session, size_pools
-from ..codec import names, record
+from ..codec import names, record, zoo
 from . import plan as plan_mod
 from .inputs import JobError, iter_inputs
 from .options import JobOptions
@@ -57,7 +57,11 @@ class EncodeOptions(JobOptions):
                                gpu_memory_utilization=self.gpu_memory_utilization)
 
     def job_config(self) -> dict:
-        cfg = {"kind": "encode", "format": FORMAT, "codec": self.codec, "caption_model": self.caption_model,
+        try:  # the checkpoint id (semarc-h05c), not the zoo name (semarc-q1): what the shards record
+            codec = zoo.checkpoint_id(self.codec)
+        except zoo.RetiredCodecError as e:
+            raise JobError(str(e)) from None
+        cfg = {"kind": "encode", "format": FORMAT, "codec": codec, "caption_model": self.caption_model,
                "caption_profile": self.caption_profile, "shard_size": self.shard_size}
         if self.one_lmm and not self.captioner:
             raise JobError("one LMM (--one-lmm) needs a captioner (--captioner MODEL)")

@@ -155,16 +155,12 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_codecs(args) -> int:
-    from semarc.codec import image_models
+    from semarc.codec import zoo
 
-    for name, path in image_models.shipped_rate_points().items():
-        m = image_models.load_checkpoint(path, name=name)
-        extra = m.meta.get("kodak_bpp")
-        print(f"{name}\t{m.arch} {m.config}\t{path.stat().st_size // 1024} KiB"
-              + (f"\tKodak {extra:.4f} bpp" if extra else "")
-              + ("\t(default)" if name == image_models.DEFAULT_CODEC else ""))
-    print("zoo:<arch>:<quality>\tCompressAI zoo models (downloads weights from the hub), "
-          "e.g. zoo:bmshj2018-factorized:1")
+    if args.json:
+        print(json.dumps([e.as_json(zoo.DEFAULT) for e in zoo.ZOO], indent=1))
+    else:
+        print(zoo.table())
     return EXIT_OK
 
 
@@ -252,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="images (folder, glob or manifest) -> Parquet shards under DST")
     e.add_argument("src")
     e.add_argument("dst")
-    e.add_argument("--codec", default=names.DEFAULT_CODEC, help="image codec (see `semarc codecs`)")
+    e.add_argument("--codec", default=names.DEFAULT_CODEC,
+                   help=f"image codec: a name or checkpoint id from `semarc codecs` (default {names.DEFAULT_CODEC})")
     e.add_argument("--caption-model", default=names.DEFAULT_MODEL,
                    help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a local path")
     e.add_argument("--caption-profile", default="portable", choices=["portable", "vllm"],
@@ -312,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--storage-options", default=None)
     i.set_defaults(func=cmd_inspect)
 
-    c = sub.add_parser("codecs", help="image codec names accepted by --codec")
+    c = sub.add_parser("codecs", help="the image codec zoo: rate points, Kodak figures, speed, recipes")
+    c.add_argument("--json", action="store_true", help="a JSON list of the points instead of the table")
     c.set_defaults(func=cmd_codecs)
 
     s = sub.add_parser("sample", help="write the bundled sample photos and manifest to DIR")
@@ -335,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-tokens", type=int, default=32, help="captioner: most new tokens per caption")
     b.add_argument("--baselines", default=None,
                    help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl)")
-    b.add_argument("--points", default=None, help="kodak, crossdevice: comma-separated semarc rate points (default: all shipped)")
+    b.add_argument("--points", default=None,
+                   help="kodak, crossdevice: comma-separated image codecs: zoo names, checkpoint ids or checkpoint "
+                        "paths (default: the zoo's checkpoints)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline: input image side in pixels")
     b.add_argument("--caption-every", type=int, default=1,

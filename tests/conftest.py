@@ -46,9 +46,11 @@ def caption_coder():
 
 @pytest.fixture(scope="session")
 def image_coder():
+    """The small factorized point (fast); the default point's architecture has
+    its own tests (test_image_ckbd.py)."""
     from semarc.codec.image import ImageCoder
 
-    return ImageCoder()
+    return ImageCoder("semarc-f1")
 
 
 def run_cli(*args, timeout=900, env=None):

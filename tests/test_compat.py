@@ -75,3 +75,30 @@ def test_decode_job_writes_the_recorded_captions_and_pixels(tmp_path):
     for key, v in want.items():
         a = np.asarray(Image.open(tmp_path / "out" / "images" / f"{key}.png").convert("RGB"))
         assert pixels_sha256(a) == v["pixels_sha256"], key
+
+
+def test_an_archive_naming_a_retired_point_fails_naming_it(tmp_path):
+    """A copy of the semarc-h10c archive whose footer names semarc-h10m (a
+    checkpoint removed before the first release): decode refuses before any
+    work, with an error that names the point."""
+    import pyarrow.parquet as pq
+
+    from semarc.codec import zoo
+    from semarc.workers.image_worker import ImageWorker
+
+    src = tmp_path / "archive"
+    src.mkdir()
+    table = pq.read_table(DATA / "semarc-h10c" / "part-00000.parquet")
+    meta = dict(table.schema.metadata)
+    profiles = json.loads(meta[b"semarc.profiles"])
+    profiles["image"]["codec"] = "semarc-h10m"
+    meta[b"semarc.profiles"] = json.dumps(profiles, sort_keys=True).encode()
+    pq.write_table(table.replace_schema_metadata(meta), src / "part-00000.parquet")
+
+    r = run_cli("decode", src, tmp_path / "out", "--num-cpus", "1", "--no-progress")
+    assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+    assert "codec semarc-h10m was retired before the first release" in r.stderr
+    assert "semarc-h10c" in r.stderr  # what superseded it
+    assert not (tmp_path / "out" / "images").exists()
+    with pytest.raises(zoo.RetiredCodecError, match="semarc-h10m"):
+        ImageWorker("semarc-h10m")

@@ -1,0 +1,146 @@
+"""The image codec zoo: the rate points semarc ships, named by what they are for.
+
+Importable without torch (the command line and job drivers only need names).
+
+Two kinds of name:
+
+* a **zoo name** (``semarc-q1``, ``semarc-q2``, ``semarc-fast``): what a user
+  picks, CompressAI-style quality levels. A zoo name may point at a newer
+  checkpoint in a later release;
+* a **checkpoint id** (``semarc-h05c``, ...): one file in ``codec/weights``,
+  immutable. Archives record the checkpoint id and its fingerprint, never the
+  zoo name, so an archive always names exactly the weights that wrote it.
+
+``--codec`` takes either. From the first release on, a checkpoint that has
+shipped stays decodable for good: it may leave ``ZOO``, never the package
+(``docs/format.md``, "Codec points and compatibility"). Before 0.1, once, the
+superseded points in ``RETIRED`` were removed; naming one fails with an error
+that says so.
+
+Figures: Kodak (24 images, never trained on), means per image; bpp counts the
+whole stored image section (header, payload, check). Speed: images/s on Kodak,
+one torch thread, encode with its verification (as jobs run it). From
+``bench/results/kodak-ckbd/kodak.md`` (``semarc-h05c``, ``semarc-h10c``) and
+``bench/results/kodak.md`` (``semarc-f1``); how each checkpoint was trained:
+``codec/weights/README.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .names import DEFAULT_CODEC as DEFAULT  # semarc-q1
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str              # zoo name, what --codec takes
+    checkpoint: str        # immutable checkpoint id (codec/weights/<checkpoint>.pt), what archives record
+    fingerprint: str       # SHA-256 of architecture, configuration and weights (docs/format.md)
+    use: str               # what it is for
+    arch: str              # the checkpoint's architecture (codec.image_models.build)
+    size: str              # the network's size
+    kodak_bpp: float
+    psnr: float            # dB, 8-bit RGB
+    lpips: float           # LPIPS-Alex v0.1
+    encode_img_s: float    # Kodak images/s, one CPU thread, with the encode-time verification
+    decode_img_s: float
+    recipe: str            # the command that made the checkpoint (its earlier steps: codec/weights/README.md)
+
+    def as_json(self, default: str) -> dict:
+        return {"name": self.name, "checkpoint": self.checkpoint, "arch": self.arch, "kodak_bpp": self.kodak_bpp,
+                "psnr": self.psnr, "lpips": self.lpips, "encode_img_s": self.encode_img_s,
+                "decode_img_s": self.decode_img_s, "recipe": self.recipe, "default": self.name == default}
+
+
+_CKBD = ("semarc train-codec --run train_runs/{run} --arch checkerboard --N 128 --M 192 --batch 16 --crop 256 "
+         "--train-part entropy --entropy-data latents --hyper-input rounded --init {init} --lr 1e-4 --lr-fresh 1e-3 "
+         "--steps 3000 --lr-drop-step 2400 --log-every 50 --save-every 50 --threads 1 "
+         "--export codec/weights/{run}.pt")
+
+ZOO: tuple[ZooEntry, ...] = (
+    ZooEntry(
+        name="semarc-q1", checkpoint="semarc-h05c",
+        fingerprint="b9f2357d6957f8665f1356239012943ed1926e134ad2dc2baf7a58584229217c",
+        use="lowest rate: the best point per bit (LPIPS 27% below the best classical codec at its bytes)",
+        arch="checkerboard", size="N=128 M=192, 6.1 M params",
+        kodak_bpp=0.0362, psnr=23.18, lpips=0.4189, encode_img_s=1.142, decode_img_s=0.938,
+        recipe=_CKBD.format(run="semarc-h05c", init="train_runs/semarc-h05p/semarc-h05p.pt")),
+    ZooEntry(
+        name="semarc-q2", checkpoint="semarc-h10c",
+        fingerprint="aab291b88d23d4eb811636f8d185eb1e72d5d3dd1f73dd46ff0461a089a92697",
+        use="more detail for ~2.3x the bytes of q1 (LPIPS 30% below the best classical codec at its bytes)",
+        arch="checkerboard", size="N=128 M=192, 6.1 M params",
+        kodak_bpp=0.0849, psnr=25.32, lpips=0.2899, encode_img_s=1.264, decode_img_s=0.976,
+        recipe=_CKBD.format(run="semarc-h10c", init="train_runs/semarc-h10n/semarc-h10n.pt")),
+    ZooEntry(
+        name="semarc-fast", checkpoint="semarc-f1",
+        fingerprint="5b60fb3f207dd409d6f49f55cbe14865b2ceaea928e46344a649066668c7c910",
+        use="speed and tests: a small MSE-only model, ~7x faster, the weakest per bit "
+            "(LPIPS 30% above the best classical codec at its bytes)",
+        arch="factorized", size="N=64 M=96, 0.76 M params",
+        kodak_bpp=0.0990, psnr=25.33, lpips=0.5180, encode_img_s=7.821, decode_img_s=4.987,
+        recipe="semarc train-codec --run train_runs/semarc-f1 --N 64 --M 96 --lmbda 0.001 --steps 12000 --threads 1 "
+               "--export codec/weights/semarc-f1.pt"),
+)
+
+
+# Checkpoint ids removed before the first release, each with the shipped point that superseded it.
+RETIRED: dict[str, str] = {
+    "semarc-f05": "semarc-h05c", "semarc-p1": "semarc-h10c", "semarc-p06": "semarc-h05c",
+    "semarc-p11": "semarc-h10c", "semarc-h05b": "semarc-h05c", "semarc-h05d": "semarc-h05c",
+    "semarc-h05m": "semarc-h05c", "semarc-h05p": "semarc-h05c", "semarc-h10b": "semarc-h10c",
+    "semarc-h10d": "semarc-h10c", "semarc-h10m": "semarc-h10c", "semarc-h10n": "semarc-h10c",
+}
+
+
+class RetiredCodecError(ValueError):
+    """A ``--codec`` name, or an archive's recorded codec, is a retired checkpoint."""
+
+
+def retired_message(checkpoint: str) -> str:
+    succ = RETIRED[checkpoint]
+    zoo_name = next((e.name for e in ZOO if e.checkpoint == succ), None)
+    return (f"codec {checkpoint} was retired before the first release and is no longer in this semarc; "
+            f"it was superseded by {succ}" + (f" ({zoo_name})" if zoo_name else "") + ". Archives written "
+            f"with {checkpoint} decode with the pre-release semarc that wrote them (its checkpoint is "
+            f"codec/weights/{checkpoint}.pt in the repository's history); new archives: --codec "
+            f"{zoo_name or succ}")
+
+
+def entry(name: str) -> ZooEntry | None:
+    """The zoo entry for a zoo name or a shipped checkpoint id, else None."""
+    return next((e for e in ZOO if name in (e.name, e.checkpoint)), None)
+
+
+def checkpoint_id(name: str) -> str:
+    """``--codec NAME`` -> what archives record: a zoo name becomes its
+    checkpoint id; a checkpoint id, a path or a CompressAI zoo name stays as
+    it is. A retired checkpoint id raises ``RetiredCodecError``."""
+    if name in RETIRED:
+        raise RetiredCodecError(retired_message(name))
+    e = entry(name)
+    return e.checkpoint if e is not None else name
+
+
+def names() -> list[str]:
+    """Every name ``--codec`` takes for a shipped point: zoo names, then checkpoint ids."""
+    return [e.name for e in ZOO] + [e.checkpoint for e in ZOO]
+
+
+def table() -> str:
+    """``semarc codecs``: the zoo as a text table, then each point's recipe."""
+    head = ["name", "checkpoint", "arch", "size", "Kodak bpp", "PSNR", "LPIPS", "enc img/s", "dec img/s", "use"]
+    rows = [[e.name + (" *" if e.name == DEFAULT else ""), e.checkpoint, e.arch, e.size, f"{e.kodak_bpp:.4f}",
+             f"{e.psnr:.2f}", f"{e.lpips:.3f}", f"{e.encode_img_s:.2f}", f"{e.decode_img_s:.2f}", e.use]
+            for e in ZOO]
+    width = [max(len(r[i]) for r in [head] + rows) for i in range(len(head) - 1)]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, width)) + "  " + r[-1]  # noqa: E731
+    lines = [fmt(head)] + [fmt(r) for r in rows]
+    lines += ["", f"* default. Kodak: 24 images, bpp of the whole image section; LPIPS-Alex; speed: one CPU "
+                  f"thread, encode verified. --codec takes the name or the checkpoint id; archives record the "
+                  f"checkpoint id.", "zoo:<arch>:<quality>: a CompressAI zoo model (downloads its weights), "
+                                    "e.g. zoo:bmshj2018-factorized:1", "", "recipes (the command that made each "
+                                    "checkpoint; every step: codec/weights/README.md):"]
+    lines += [f"  {e.name}: {e.recipe}" for e in ZOO]
+    return "\n".join(lines)
