@@ -8,8 +8,8 @@ decodes each side's bitstreams on the other:
    writes the inputs both sides use: captions (the Kodak LLaVA captions, 200
    COCO val2017 captions sampled with seed 0, edge cases), a small causal LM
    (a randomly initialised 2-layer Llama with SmolLM2's tokenizer, saved once,
-   so that both sides load identical weights: the real SmolLM2 GGUF is 98 MB,
-   too large to carry to a lent GPU machine), and Kodak images.
+   so that both sides load identical weights and the inputs stay small to
+   copy: the real SmolLM2 GGUF is 98 MB), and Kodak images.
 2. ``semarc bench crossdevice --inputs DIR --device cuda --out SIDE``
    on the first side: caption bitstreams at batch sizes 1, 7 and 64 (and on
    that machine's CPU), image bitstreams of every shipped rate point at batch
@@ -112,8 +112,8 @@ def _device_info(device: str) -> dict:
 def encode_side(inputs: str, device: str, out: str, points: list[str] | None = None, keep_pixels: int = 2,
                 captions: bool = True) -> dict:
     """Step 2: code everything on ``device`` (and, for captions, this machine's CPU).
-    ``captions=False`` codes the images only (e.g. rate points trained in the
-    same session, after the captions were checked)."""
+    ``captions=False`` codes the images only (e.g. rate points added after a
+    side's captions were checked)."""
     from semarc.codec.image import ImageCoder
 
     texts, lm_path, images = _inputs(inputs)

@@ -27,7 +27,7 @@ SCHEMA = pa.schema([
     ("uri", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
-    ("caption_source", pa.string()),     # "manifest" | "none" (| "generated", issue 6)
+    ("caption_source", pa.string()),     # "manifest" | "none" | "generated" (by the job's captioner)
     ("caption_fallback", pa.bool_()),    # caption stored by the lossless fallback coder
     ("caption", pa.binary()),            # caption section (null: no caption)
     ("image", pa.binary()),              # image section (null on error rows)

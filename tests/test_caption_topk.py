@@ -42,7 +42,7 @@ def test_corrupt_stream_is_an_error(topk_coder):
 def test_decode_conditions_are_recorded_and_checked(topk_coder):
     desc = topk_coder.describe()
     assert desc["conditions"]["threads"] == torch.get_num_threads() and desc["k"] == 8
-    other = dict(desc, conditions=dict(desc["conditions"], gpu="NVIDIA H100"), fingerprint="0" * 64)
+    other = dict(desc, conditions=dict(desc["conditions"], gpu="NVIDIA A100"), fingerprint="0" * 64)
     with pytest.raises(record.FormatError, match="conditions"):
         record.check_profile({"caption": other}, "caption", desc)
 

@@ -115,7 +115,7 @@ def test_planning_memory_does_not_grow_with_the_number_of_inputs(tmp_path):
 def test_the_job_driver_does_not_import_torch():
     """The command line and the job drivers stay torch-free: importing torch
     costs a job about 1.3 s of start-up and the driver's memory (the models
-    load in the workers). Until session 7 the train-codec options pulled it in."""
+    load in the workers). The train-codec options once pulled it in."""
     code = ("import sys\n"
             "from semarc import cli\n"
             "cli.build_parser()\n"

@@ -108,3 +108,17 @@ def test_codecs_command_table_and_json():
     assert [x["name"] for x in got if x["default"]] == ["semarc-q1"]
     assert got[0]["checkpoint"] == "semarc-h05c" and got[0]["arch"] == "checkerboard"
 
+
+def test_docs_name_only_shipped_or_retired_points():
+    """README, docs and the model card name no checkpoint that is neither shipped nor listed as retired."""
+    import re
+
+    known = set(zoo.names()) | set(zoo.RETIRED)
+    docs = [REPO / "README.md", REPO / "codec" / "weights" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for path in docs:
+        for n in set(re.findall(r"semarc-(?:[a-z]+\d+[a-z]*|fast)\b", path.read_text(encoding="utf-8"))):
+            assert n in known, (path.name, n)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for e in zoo.ZOO:
+        assert e.name in readme and e.checkpoint in readme
+    assert Path(REPO / "bench/results/kodak-ckbd/kodak.png").is_file() and "kodak-ckbd/kodak.png" in readme
