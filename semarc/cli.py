@@ -177,6 +177,12 @@ def cmd_corpus(args) -> int:
     return corpus.main(args)
 
 
+def cmd_train_eval(args) -> int:
+    from semarc.train import evaluate
+
+    return evaluate.main(args)
+
+
 def cmd_train_codec(args) -> int:
     from semarc.train import trainer as train
 
@@ -217,7 +223,8 @@ def cmd_bench(args) -> int:
 
         kodak.run(args.out, shared=args.shared, threads=args.threads,
                   baselines=args.baselines.split(",") if args.baselines else None,
-                  points=args.points.split(",") if args.points else None)
+                  points=args.points.split(",") if args.points else None, images_dir=args.images,
+                  which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS)
         return EXIT_OK
     if args.what == "crossdevice":
         from semarc.bench import crossdevice
@@ -322,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "crossdevice"])
     b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare)")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
+    b.add_argument("--images", default=None, metavar="DIR",
+                   help="kodak: every image of this folder instead of Kodak (e.g. a corpus's held-out images)")
+    b.add_argument("--metrics", default=None,
+                   help="kodak: comma-separated, psnr and lpips always, of psnr,ms_ssim,lpips,lpips_vgg,dists "
+                        "(default: all)")
     b.add_argument("--n-coco", type=int, default=500)
     b.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     b.add_argument("--batch", type=int, default=64,
@@ -354,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_options.add_arguments(t)
     t.set_defaults(func=cmd_train_codec)
+
+    v = sub.add_parser("train-eval", help="evaluate a training run's state on the corpus's validation split")
+    train_options.add_eval_arguments(v)
+    v.set_defaults(func=cmd_train_eval)
 
     k = sub.add_parser("corpus", help="build the training corpus (open photos, fixed validation split) in DIR")
     k.add_argument("dir", nargs="?", default="~/.cache/semarc/corpus",

@@ -21,9 +21,11 @@ def test_bench_kodak_machinery_on_two_crops(tmp_path):
     assert (tmp_path / "kodak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {x["codec"] for x in saved["rows"]} == {"semarc", "webp", "jpeg"}
     for row in saved["rows"]:
-        assert set(row) >= {"codec", "point", "bpp", "psnr", "ms_ssim", "lpips", "reached"}
+        assert set(row) >= {"codec", "point", "bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg", "dists", "reached"}
         assert row["point"] == "semarc-f1" and 0 <= row["reached"] <= 2
         assert row["bpp"] > 0 and 10 < row["psnr"] < 60 and 0 < row["ms_ssim"] <= 1 and 0 < row["lpips"] < 1
+        assert 0 < row["lpips_vgg"] < 1 and 0 < row["dists"] < 1
+    assert "| LPIPS-VGG | DISTS |" in (tmp_path / "kodak.md").read_text()
     sem = {x["image"]: x for x in saved["per_image"] if x["codec"] == "semarc"}
     assert len(sem) == 2
     for x in saved["per_image"]:
@@ -57,3 +59,23 @@ def test_unknown_baseline_refused_and_cli_accepts_kodak():
         kodak.make_baselines(["gif"])
     args = build_parser().parse_args(["bench", "kodak", "--out", "x", "--baselines", "webp,jpeg"])
     assert args.what == "kodak" and args.baselines == "webp,jpeg"
+
+
+def test_bench_runs_on_any_folder_with_chosen_metrics(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, a in _crops():
+        Image.fromarray(a).save(folder / f"{name}.png")
+    (folder / "_skip.png").write_bytes(b"not an image")
+    r = kodak.run(str(tmp_path / "out"), baselines=["jpeg"], points=["semarc-f1"], images_dir=str(folder),
+                  which=("psnr", "lpips", "dists"), speed_reps=0, plot=False)
+    assert r["images"] == ["astronaut", "chelsea"] and r["dataset"] == str(folder)
+    assert r["command"].endswith(f"--images {folder} --metrics psnr,lpips,dists")
+    assert r["min_reached"] == 2  # 20 of 24, scaled to the folder's size
+    for row in r["rows"]:
+        assert "dists" in row and "lpips_vgg" not in row and "ms_ssim" not in row
+    assert (tmp_path / "out" / "kodak.md").read_text().startswith(f"# {folder}:")
+    args = build_parser().parse_args(["bench", "kodak", "--out", "x", "--images", "d", "--metrics", "psnr,lpips"])
+    assert args.images == "d" and args.metrics == "psnr,lpips"

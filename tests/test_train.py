@@ -18,7 +18,7 @@ pytest.importorskip("compressai")
 
 def _has_lpips_weights() -> bool:
     try:
-        from semarc.codec import metrics
+        from semarc import metrics
 
         metrics.load_lpips_state_dict()
         return True

