@@ -122,3 +122,23 @@ def test_docs_name_only_shipped_or_retired_points():
     for e in zoo.ZOO:
         assert e.name in readme and e.checkpoint in readme
     assert Path(REPO / "bench/results/kodak-ckbd/kodak.png").is_file() and "kodak-ckbd/kodak.png" in readme
+
+
+def test_model_card_commands_rebuild_their_runs_configs():
+    """Every training command in the model card (each step of each lineage) and
+    each zoo recipe is the configuration its run folder records: rerunning it
+    there resumes the same run instead of being refused."""
+    import argparse
+    import shlex
+
+    from semarc.train import options, trainer
+
+    card = (REPO / "codec" / "weights" / "README.md").read_text(encoding="utf-8")
+    cmds = [line for line in card.splitlines() if line.startswith("semarc train-codec ")]
+    assert len(cmds) == 16
+    for cmd in cmds + [e.recipe for e in zoo.ZOO]:
+        p = argparse.ArgumentParser()
+        options.add_arguments(p)
+        args = p.parse_args(shlex.split(cmd)[2:])
+        recorded = json.loads((REPO / args.run / "config.json").read_text())
+        assert trainer._same_config(recorded, trainer.run_config(args)), cmd
