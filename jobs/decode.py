@@ -34,7 +34,8 @@ from .inputs import JobError
 from .keys import safe_relpath
 from .options import JobOptions
 from .progress import Progress
-from .shards import FORMAT, list_shards, publish, publish_file, read_metadata, read_shard
+from .plan import load as load_plan
+from .shards import FORMAT, ShardError, list_shards, open_shard, publish, publish_file, read_metadata
 
 
 @dataclass
@@ -96,7 +97,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     paths = _select(list_shards(sfs, sroot), opts.shards)
     if not paths:
         raise JobError(f"no shards (part-*.parquet) under {src}")
-    kv, _ = read_metadata(sfs, paths[0])
+    kv = _first_footer(sfs, paths)
     if "semarc.profiles" not in kv:
         raise JobError(f"{paths[0]} is not a semarc shard (no semarc.profiles in its footer)")
     if kv.get("semarc.format") != FORMAT:
@@ -105,6 +106,11 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     codec = opts.codec or (profiles.get("image") or {}).get("codec")
     if codec in zoo.RETIRED:  # before any work: the shards name a checkpoint this semarc no longer has
         raise JobError(zoo.retired_message(codec))
+    try:  # the job's plan, where the archive has one: each shard must hold its planned rows
+        plan = load_plan(sfs, sroot)
+    except (JobError, OSError, ValueError, KeyError, TypeError):
+        plan = None
+    opts_rows = None if plan is None else plan.shard_len
     report = DecodeReport(shards=len(paths))
     done_parts = set()
     if dfs.exists(f"{droot}/_parts"):
@@ -125,7 +131,8 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            report.stages = _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg)
+            report.stages = _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg,
+                                           opts_rows)
 
     # commit: concatenate the parts in shard order, streamed through local spool files
     # (a job of millions of records never holds its captions in memory)
@@ -145,8 +152,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
                     first_errors += ebody.decode().splitlines()[:20 - len(first_errors)]
         report.records = report.decoded + report.errors
         if keys is None:
-            report.skipped_error_rows = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["errors"]
-                                            for p in paths)
+            report.skipped_error_rows = sum(_stat(sfs, p, "errors") for p in paths)
         publish_file(dfs, f"{droot}/captions.jsonl", cap_path)
         if report.errors:
             publish_file(dfs, f"{droot}/errors.jsonl", err_path)
@@ -156,6 +162,41 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     publish(dfs, f"{droot}/_SUCCESS", json.dumps({"decoded": report.decoded, "errors": report.errors,
                                                   "shards": report.shards, "refiner": ref_cfg}).encode())
     return report
+
+
+def _first_footer(fs, paths: list[str]) -> dict[str, str]:
+    """The footer of the first shard whose footer parses (a corrupt shard is
+    reported when its turn comes, and does not stop the others)."""
+    last = None
+    for p in paths:
+        try:
+            return read_metadata(fs, p)[0]
+        except Exception as e:  # that shard is reported (or retried) when its turn comes
+            last = e
+    raise JobError(f"no shard under {paths[0].rsplit('/', 1)[0]} has a readable Parquet footer "
+                   f"({type(last).__name__}: {last})")
+
+
+def _stat(fs, path: str, what: str) -> int:
+    """A shard's ``semarc.stats`` figure, 0 where its footer cannot be read."""
+    try:
+        return int(json.loads(read_metadata(fs, path)[0]["semarc.stats"])[what])
+    except Exception:  # an unreadable shard is reported when it is decoded
+        return 0
+
+
+def _shard_index(path: str) -> int | None:
+    stem = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("part-")
+    return int(stem) if stem.isdigit() else None
+
+
+def _fail_shard(dfs, droot: str, path: str, err: ShardError) -> None:
+    """A shard that cannot be read: one error line naming it, and its part
+    published empty (a rerun finds the same bytes)."""
+    name = path.rsplit("/", 1)[-1].replace(".parquet", "")
+    publish(dfs, f"{droot}/_parts/{name}.errors.jsonl",
+            (json.dumps({"key": None, "shard": name, "error": f"shard: {err}"}, ensure_ascii=False) + "\n").encode())
+    publish(dfs, f"{droot}/_parts/{name}.jsonl", b"")
 
 
 def _finish_shard(dfs, droot: str, path: str, ok_keys: list[str], imgs: list, caps: list) -> None:
@@ -175,7 +216,7 @@ def _finish_shard(dfs, droot: str, path: str, ok_keys: list[str], imgs: list, ca
 
 
 def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], profiles: dict, keys: set | None,
-                   opts: DecodeOptions, ref_cfg: dict | None) -> dict:
+                   opts: DecodeOptions, ref_cfg: dict | None, plan_rows=None) -> dict:
     """Decode the pending shards through the pools, a window of shards in
     flight. With a refiner, the image coders return arrays that go straight
     (object store) to the refiner pool with their captions, and the refined
@@ -188,7 +229,7 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), **opts.coding_pools(), captioner=ref_cfg is not None,
                        captioner_batch=opts.image_batch, captioner_pool=opts.refiner_pool,
                        captioner_gpus=opts.refiner_gpus, generator="refiner")
-    todo = sum(json.loads(read_metadata(sfs, p)[0]["semarc.stats"])["ok"] for p in pending)
+    todo = sum(_stat(sfs, p, "ok") for p in pending)
     progress = Progress(todo if keys is None else 0, enabled=opts.progress)
     cap_desc, img_desc = profiles["caption"], profiles["image"]
     t_pools = time.time()
@@ -205,14 +246,22 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     count = lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g))  # noqa: E731
 
     def submit(path: str) -> None:
-        table, meta = read_shard(sfs, path, columns=["key", "status", "caption", "image"])
+        i = _shard_index(path)
+        try:
+            table, meta = open_shard(sfs, path, columns=["key", "status", "width", "height", "caption", "image"],
+                                     expect_rows=plan_rows(i) if plan_rows and i is not None else None)
+        except ShardError as e:
+            _fail_shard(dfs, droot, path, e)
+            progress.update(0, errors=1)
+            return
         shard_profiles = json.loads(meta["semarc.profiles"])
         rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
         ok = [r for r in rows if r["status"] == "ok"]
         rels = [f"images/{safe_relpath(r['key'])}.{opts.fmt}" for r in ok]
         if ref_pool is None:
-            img_calls = submit_batches(img_pool, "decode_to", list(zip(rels, [r["image"] for r in ok])), ib,
-                                       shard_profiles, dst, opts.fmt)
+            img_calls = submit_batches(img_pool, "decode_to", [(rel, r["image"], (r["width"], r["height"]))
+                                                               for rel, r in zip(rels, ok)], ib, shard_profiles, dst,
+                                       opts.fmt)
         else:
             img_calls = submit_batches(img_pool, "decode_arrays", [r["image"] for r in ok], ib, shard_profiles)
         cap_calls = submit_sparse(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
@@ -227,6 +276,8 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     while queue or inflight:
         while queue and len(inflight) < window:
             submit(queue.popleft())
+        if not inflight:  # the shards submitted last could not be read
+            continue
         path, ok_keys, rels, img_calls, cap_calls = inflight.popleft()
         caps = gather_sparse(cap_pool, cap_calls, len(ok_keys), fill={"caption": None})
         if ref_pool is None:

@@ -158,6 +158,61 @@ def read_shard(fs, path: str, columns: list[str] | None = None) -> tuple[pa.Tabl
     return table, kv
 
 
+class ShardError(ValueError):
+    """A shard that is not what a semarc encoder publishes (truncated, corrupt,
+    another schema or format, rows that disagree with its footer or plan)."""
+
+
+_EXPECTED_FIELDS = {f.name: f.type for f in SCHEMA}
+
+
+def open_shard(fs, path: str, columns: list[str] | None = None,
+               expect_rows: int | None = None) -> tuple[pa.Table, dict[str, str]]:
+    """Read one shard as untrusted input and check what a decoder relies on:
+    a Parquet file that parses, record format ``FORMAT``, a profile table and
+    stats that parse, the columns' types, the row count of its stats (and of
+    the job's plan, ``expect_rows``), ``status`` values, and unique keys.
+    Raises ``ShardError`` naming the shard; storage errors (``OSError``) pass
+    through, since a retry may succeed."""
+    name = path.rsplit("/", 1)[-1]
+    if fs.isdir(path):
+        raise ShardError(f"{name}: a directory where a shard should be")
+    data = fs.cat_file(path)
+    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        raise ShardError(f"{name}: not a Parquet file ({len(data)} bytes; truncated or corrupt)")
+    try:
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
+        kv = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    except Exception as e:  # pyarrow's errors on corrupt files are of several types
+        raise ShardError(f"{name}: cannot be read as Parquet: {type(e).__name__}: {str(e)[:200]}") from e
+    if kv.get("semarc.format") != FORMAT:
+        raise ShardError(f"{name}: record format {kv.get('semarc.format')!r}; this semarc reads format {FORMAT}")
+    try:
+        profiles = json.loads(kv["semarc.profiles"])
+        stats = json.loads(kv["semarc.stats"])
+        n_stats = int(stats["records"])
+        if not all(isinstance(profiles.get(c), dict) for c in ("caption", "image")):
+            raise ValueError("no caption and image coders")
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ShardError(f"{name}: its footer's profile table or stats do not parse: {e}") from e
+    for f in table.schema:
+        if _EXPECTED_FIELDS.get(f.name) != f.type:
+            raise ShardError(f"{name}: column {f.name!r} of type {f.type} is not in the record schema")
+    missing = set(columns or SCHEMA.names) - set(table.schema.names)
+    if missing:
+        raise ShardError(f"{name}: columns {sorted(missing)} are missing")
+    if table.num_rows != n_stats or (expect_rows is not None and table.num_rows != expect_rows):
+        raise ShardError(f"{name}: {table.num_rows} rows, but its footer says {n_stats}"
+                         + (f" and the job's plan {expect_rows}" if expect_rows is not None else ""))
+    if "status" in table.schema.names and not set(table.column("status").to_pylist()) <= {"ok", "error"}:
+        raise ShardError(f"{name}: a status other than 'ok' or 'error'")
+    if "key" in table.schema.names:
+        keys = table.column("key").to_pylist()
+        if None in keys or len(set(keys)) != len(keys):
+            raise ShardError(f"{name}: missing or repeated keys")
+    return table, kv
+
+
 def list_shards(fs, root: str) -> list[str]:
     fs.invalidate_cache(root)  # object-store listings are cached by fsspec
     try:

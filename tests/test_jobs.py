@@ -158,6 +158,41 @@ def test_corrupt_bitstream_fails_loudly_at_decode(job):
     assert not (dec / "images" / f"{victim['key']}.png").exists()
 
 
+def test_unreadable_shards_are_reported_and_the_others_decode(job):
+    """A copy of the archive with one shard truncated, a directory named as a
+    shard, and one shard whose rows disagree with the job's plan (a row
+    dropped, footer stats rewritten to match): each is one error line naming
+    the shard, the rest of the archive decodes, and the exit status says so."""
+    import shutil
+
+    from semarc.jobs import shards
+
+    bad = job["base"] / "bad_archive"
+    shutil.copytree(job["out"], bad)
+    parts = sorted(bad.glob("part-*.parquet"))
+    assert len(parts) >= 3
+    data = parts[0].read_bytes()
+    parts[0].write_bytes(data[: len(data) // 2])
+    (bad / "part-00009.parquet").mkdir()
+    t = pq.read_table(parts[1])
+    rows = t.to_pylist()[:-1]
+    meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
+    meta["semarc.stats"] = json.dumps(shards.shard_stats(rows))
+    parts[1].write_bytes(shards.to_bytes(rows, meta))
+    dec = job["base"] / "dec_bad_archive"
+    r = run_cli("decode", bad, dec, "--num-cpus", "2", "--no-progress")
+    assert r.returncode == 3, r.stdout + r.stderr[-2000:]
+    errs = [json.loads(x) for x in (dec / "errors.jsonl").read_text().splitlines()]
+    by_shard = {e["shard"]: e["error"] for e in errs if e.get("shard")}
+    assert "not a Parquet file" in by_shard["part-00000"]
+    assert "directory" in by_shard["part-00009"]
+    assert "the job's plan" in by_shard["part-00001"]
+    good = pq.read_table(job["out"] / parts[2].name)
+    decoded = {json.loads(x)["key"] for x in (dec / "captions.jsonl").read_text().splitlines()}
+    assert {k for k, s in zip(good.column("key").to_pylist(), good.column("status").to_pylist()) if s == "ok"} \
+        <= decoded
+
+
 def test_all_good_inputs_exit_zero_folder_without_captions(job, tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()

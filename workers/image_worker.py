@@ -70,13 +70,16 @@ class ImageWorker(Metered):
         return out
 
     @metered
-    def decode_arrays(self, sections: list[bytes], profiles: dict) -> list:
+    def decode_arrays(self, sections: list[bytes], profiles: dict, sizes: list | None = None) -> list:
         """Decode sections to uint8 HxWx3 arrays; per section an array or
-        {"error"}. A refinement stage receives this call's result straight
-        from the object store; ``decode_to`` writes them."""
-        return self._decode_arrays(sections, profiles)
+        {"error"}. ``sizes``: the records' ``(width, height)`` columns; a
+        section that decodes to another size is an error (the size in the
+        image header is outside the symbol check). A refinement stage receives
+        this call's result straight from the object store; ``decode_to``
+        writes them."""
+        return self._decode_arrays(sections, profiles, sizes)
 
-    def _decode_arrays(self, sections: list[bytes], profiles: dict) -> list:
+    def _decode_arrays(self, sections: list[bytes], profiles: dict, sizes: list | None = None) -> list:
         from semarc.codec import record
         from semarc.codec.image import ImageCodecError
 
@@ -93,18 +96,23 @@ class ImageWorker(Metered):
                 out[i] = {"error": f"image: {e}"}
         for (i, _, _), a in zip(todo, self.coder.decode_batch([(p, c) for _, p, c in todo])):
             out[i] = {"error": f"image: {a}"} if isinstance(a, Exception) else a
+            if sizes and sizes[i] is not None and not isinstance(a, Exception) \
+                    and (a.shape[1], a.shape[0]) != tuple(sizes[i]):
+                out[i] = {"error": f"image: the section decodes to {a.shape[1]}x{a.shape[0]}, the record says "
+                                   f"{sizes[i][0]}x{sizes[i][1]} (corrupt bytes)"}
         return out
 
     @metered
-    def decode_to(self, items: list[tuple[str, bytes]], profiles: dict, dst: str, fmt: str = "png") -> list[dict]:
-        """Decode ``(relative output path, section)`` items, write each image to
-        ``dst/relpath``; per item {"ok": True, "width", "height"} or {"error"}."""
+    def decode_to(self, items: list[tuple], profiles: dict, dst: str, fmt: str = "png") -> list[dict]:
+        """Decode ``(relative output path, section[, (width, height)])`` items,
+        write each image to ``dst/relpath``; per item {"ok": True, "width",
+        "height"} or {"error"}."""
         import fsspec
 
-        arrays = self._decode_arrays([section for _, section in items], profiles)
+        arrays = self._decode_arrays([it[1] for it in items], profiles, [it[2] if len(it) > 2 else None for it in items])
         fs, root = fsspec.core.url_to_fs(dst, **self.storage_options)
         return [a if isinstance(a, dict) else write_image(fs, root, rel, a, fmt)
-                for (rel, _), a in zip(items, arrays)]
+                for (rel, *_), a in zip(items, arrays)]
 
 
 def write_image(fs, root: str, rel: str, a, fmt: str) -> dict:

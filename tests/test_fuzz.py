@@ -1,0 +1,33 @@
+"""A small seeded sample of the fuzz campaign (the full one is
+``python -m semarc.bench.fuzz``, its result checked in under bench/results/fuzz):
+untrusted bytes into every decoder, each case in a memory- and time-limited
+worker process."""
+
+import pytest
+
+from semarc.bench import fuzz
+
+
+def test_the_harness_records_crashes_hangs_and_memory_exhaustion():
+    rep = fuzz.campaign({"selftest": 12}, mem_mb=2048, timeout=5, progress=False)["targets"]["selftest"]
+    want = {k: 0 for k in fuzz.OUTCOMES}
+    for i in range(12):
+        kind = fuzz._kind("selftest", 0, i)
+        want[{"segfault": "crash", "hang": "timeout"}.get(kind, kind)] += 1
+    assert rep["outcomes"] == want
+    assert want["crash"] and want["timeout"] and want["oom"]  # the seed covers every kind
+    assert rep["worker_restarts"] >= want["crash"] + want["timeout"]
+
+
+@pytest.mark.parametrize("target,n", [("image:semarc-h05c", 400), ("image:semarc-f1", 400), ("shard", 30)])
+def test_a_seeded_sample_is_refused_or_decodes_to_its_original(target, n):
+    rep = fuzz.campaign({target: n}, mem_mb=6144, timeout=600, progress=False)["targets"][target]
+    o = rep["outcomes"]
+    assert o["crash"] == o["timeout"] == o["oom"] == o["other"] == 0, rep["notable"]
+    assert o["refused"] + o["original"] == n
+    assert len(rep["by_mutation"]) >= 5  # the sample reaches most mutations
+
+
+def test_replay_runs_one_case():
+    got = fuzz.replay("image:semarc-f1:3")
+    assert got["outcome"] in ("refused", "original") and got["kind"] in fuzz.IMAGE_MUTATIONS
