@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.scale]
 
 N = 2000
 SHARD = 100
+# the properties under test are the job's, not the codec's: the small model keeps the run short
 
 
 def descendants(pid: int) -> list[int]:
@@ -71,7 +72,8 @@ def dataset(s3_env, tmp_path_factory):  # noqa: F811
 def _start(dst: str, env: dict) -> subprocess.Popen:
     e = dict(os.environ, RAY_AUTH_MODE="disabled", **env)
     return subprocess.Popen([sys.executable, "-m", "semarc.cli", "encode", "s3://src/set/manifest.jsonl", dst,
-                             "--shard-size", str(SHARD), "--num-cpus", "2", "--image-batch", "8", "--no-progress"],
+                             "--shard-size", str(SHARD), "--num-cpus", "2", "--image-batch", "8", "--no-progress",
+                             "--codec", "semarc-fast"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, start_new_session=True)
 
 
@@ -132,7 +134,8 @@ def test_driver_killed_mid_job_then_rerun(s3_env, dataset):  # noqa: F811
     assert "run2/_SUCCESS" not in keys
     time.sleep(1.1)
     r = run_cli("encode", "s3://src/set/manifest.jsonl", "s3://dst/run2", "--shard-size", str(SHARD),
-                "--num-cpus", "2", "--image-batch", "8", "--no-progress", env=env, timeout=1800)
+                "--num-cpus", "2", "--image-batch", "8", "--no-progress", "--codec", "semarc-fast", env=env,
+                timeout=1800)
     assert r.returncode == 3, r.stdout + r.stderr[-3000:]
     assert f"{len(before)} already done" in r.stdout
     after = _parts(s3, "run2/")
