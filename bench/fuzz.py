@@ -15,7 +15,7 @@ bytes made at start from real photos and captions) and a mutation (bit flips,
 truncation, extension, a splice of two records, headers with extreme values,
 random bytes; for shards: truncation, flipped footer bytes, a footer naming an
 unknown coder, another schema, row counts that disagree with the plan, an
-empty file, a directory). ``--replay TARGET:INDEX`` reruns one case.
+empty file, a directory). ``semarc bench fuzz --replay TARGET:INDEX`` reruns one case.
 
 Cases run in worker subprocesses, each under a memory limit (``RLIMIT_AS``)
 and a per-case time limit; a worker that crashes, runs out of memory or time is
@@ -498,6 +498,9 @@ def run(out: str, cases: dict[str, int], seed: int = 0, mem_mb: int = 6144, time
     return rep
 
 
+DEFAULT_CASES = "image=100000,caption=2000,shard=400"
+
+
 def parse_cases(spec: str | None) -> dict[str, int]:
     """``image=100000,caption=2000,shard=400`` -> cases per target; ``image``
     is split evenly over the shipped image points, ``image:NAME=N`` names one."""
@@ -514,39 +517,5 @@ def parse_cases(spec: str | None) -> dict[str, int]:
     return out
 
 
-DEFAULT_CASES = "image=100000,caption=2000,shard=400"
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--cases", default=None, help=f"cases per target (default {DEFAULT_CASES}; image is split over "
-                   f"the shipped points; image:NAME=N names one)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-mb", type=int, default=6144, help="address-space limit of a worker (default 6144)")
-    p.add_argument("--case-timeout", type=float, default=30.0, help="seconds per case (default 30)")
-    p.add_argument("--replay", default=None, metavar="TARGET:INDEX", help="run one case here and print its outcome")
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m semarc.bench.fuzz", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=None, help="output folder for fuzz.json and fuzz.md")
-    add_arguments(p)
-    a = p.parse_args(argv)
-    if a.replay:
-        print(json.dumps(replay(a.replay, a.seed)))
-        return 0
-    if not a.out:
-        p.error("--out is required")
-    rep = run(a.out, parse_cases(a.cases), seed=a.seed, mem_mb=a.memory_mb, timeout=a.case_timeout,
-              command="python -m semarc.bench.fuzz " + " ".join(argv if argv is not None else sys.argv[1:]))
-    bad = sum(r["outcomes"][o] for r in rep["targets"].values() for o in ("other", "crash", "timeout", "oom"))
-    print(markdown(rep, ""))
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-    else:
-        sys.exit(main())
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
+    worker_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -29,7 +29,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **kw)
+        # "local": a new cluster of this job's own, even where another one runs on the machine
+        # (ray.init() would join that one, with its resources and its failures)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                 **kw)
     try:
         yield ray
     finally:

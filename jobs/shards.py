@@ -79,15 +79,16 @@ def publish(fs: fsspec.AbstractFileSystem, path: str, data: bytes, exclusive: bo
         import os
 
         tmp = _local_tmp(fs, path)
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        if exclusive:
-            try:
+        try:
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            if exclusive:
                 os.link(tmp, path)
-            finally:
+            else:
+                fs.mv(tmp, path)
+        finally:  # a failed write (a full disk) leaves no temporary file behind
+            if os.path.lexists(tmp):
                 os.unlink(tmp)
-        else:
-            fs.mv(tmp, path)
     elif exclusive:
         try:
             fs.pipe_file(path, data, mode="create")  # S3: PUT with If-None-Match: *
@@ -102,9 +103,15 @@ def publish_file(fs: fsspec.AbstractFileSystem, path: str, local_path: str) -> N
     memory): local targets get a temporary name and a rename; object stores
     one upload (multipart for large files), visible only once complete."""
     if _is_local(fs):
+        import os
+
         tmp = _local_tmp(fs, path)
-        fs.put_file(local_path, tmp)
-        fs.mv(tmp, path)
+        try:
+            fs.put_file(local_path, tmp)
+            fs.mv(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
     else:
         fs.put_file(local_path, path)
 

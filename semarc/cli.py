@@ -192,7 +192,9 @@ def cmd_train_codec(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.out is None and not (args.what == "crossdevice" and args.prepare):
+    args.command_line = "semarc " + " ".join(sys.argv[1:])
+    if args.out is None and not (args.what == "crossdevice" and args.prepare) and \
+            not (args.what == "fuzz" and args.replay):
         raise SystemExit("semarc bench: --out is required")
     if args.what == "captions":
         from semarc.bench import captions
@@ -226,6 +228,17 @@ def cmd_bench(args) -> int:
                   points=args.points.split(",") if args.points else None, images_dir=args.images,
                   which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS)
         return EXIT_OK
+    if args.what == "fuzz":
+        from semarc.bench import fuzz
+
+        if args.replay:
+            print(json.dumps(fuzz.replay(args.replay, args.seed)))
+            return EXIT_OK
+        rep = fuzz.run(args.out, fuzz.parse_cases(args.cases), seed=args.seed, mem_mb=args.memory_mb,
+                       timeout=args.case_timeout, command=args.command_line)
+        print(fuzz.markdown(rep, args.command_line))
+        bad = sum(r["outcomes"][o] for r in rep["targets"].values() for o in ("other", "crash", "timeout", "oom"))
+        return EXIT_ERROR_ROWS if bad else EXIT_OK
     if args.what == "crossdevice":
         from semarc.bench import crossdevice
 
@@ -326,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
     b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline",
-                                          "crossdevice"])
+                                          "crossdevice", "fuzz"])
     b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare)")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--images", default=None, metavar="DIR",
@@ -359,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--against", default=None, metavar="DIR",
                    help="crossdevice: the other side's output (comma-separated folders); decode and compare here")
     b.add_argument("--images-only", action="store_true", help="crossdevice: code the images only, not the captions")
+    b.add_argument("--cases", default=None, help="fuzz: cases per target, e.g. image=100000,caption=2000,shard=400 "
+                   "(the default; image is split over the shipped points, image:NAME=N names one)")
+    b.add_argument("--seed", type=int, default=0, help="fuzz: the campaign's seed")
+    b.add_argument("--memory-mb", type=int, default=6144, help="fuzz: address-space limit of a worker process")
+    b.add_argument("--case-timeout", type=float, default=30.0, help="fuzz: seconds a case may take")
+    b.add_argument("--replay", default=None, metavar="TARGET:INDEX", help="fuzz: run one case and print its outcome")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-codec", help="train (or resume training) an image codec rate point")

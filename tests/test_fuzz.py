@@ -1,5 +1,5 @@
 """A small seeded sample of the fuzz campaign (the full one is
-``python -m semarc.bench.fuzz``, its result checked in under bench/results/fuzz):
+``semarc bench fuzz``, its result checked in under bench/results/fuzz):
 untrusted bytes into every decoder, each case in a memory- and time-limited
 worker process."""
 
