@@ -398,7 +398,7 @@ def campaign(cases: dict[str, int], seed: int = 0, mem_mb: int = 6144, timeout: 
     """Run ``cases[target]`` cases per target, ``batch[target]`` per decoder
     call (default 1; the time per case is then the call's time over its
     cases); returns the report."""
-    batch = batch if batch is not None else {"caption": 16}
+    batch = batch or {}
     report = {"seed": seed, "memory_limit_mb": mem_mb, "case_timeout_s": timeout, "batch": batch, "targets": {}}
     for target, n in cases.items():
         counts: dict[str, Counter] = defaultdict(Counter)
@@ -458,17 +458,18 @@ def _kind(target: str, seed: int, i: int) -> str:
     return SHARD_MUTATIONS[int(rng.integers(0, len(SHARD_MUTATIONS)))]
 
 
-def markdown(report: dict, command: str) -> str:
+def markdown(report: dict) -> str:
+    commands = list(dict.fromkeys(r.get("command", "") for r in report["targets"].values()))
     lines = ["# Fuzz campaign: untrusted bytes into semarc's decoders", "",
-             f"Command: `{command}`", "",
+             "Commands:", ""] + [f"- `{c}`" for c in commands] + ["",
              f"Seed {report['seed']}; each case in a worker process limited to {report['memory_limit_mb']} MB of "
-             f"address space and {report['case_timeout_s']} s.", "",
+             f"address space and {report['case_timeout_s']} s per case, one case per decoder call.", "",
              "| target | cases | refused | original | other | crash | timeout | oom | worst case (s) | restarts |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t, r in report["targets"].items():
         o = r["outcomes"]
         lines.append(f"| {t} | {r['cases']} | " + " | ".join(str(o[k]) for k in OUTCOMES)
-                     + f" | {r['worst_case_s']['s']:.3f} ({r['worst_case_s']['kind']}) | {r['worker_restarts']} |")
+                     + f" | {r['worst_case_s']['s']:.4f} ({r['worst_case_s']['kind']}) | {r['worker_restarts']} |")
     lines += ["", "By mutation:", ""]
     for t, r in report["targets"].items():
         for k, c in r["by_mutation"].items():
@@ -489,12 +490,26 @@ def replay(case: str, seed: int = 0) -> dict:
 
 def run(out: str, cases: dict[str, int], seed: int = 0, mem_mb: int = 6144, timeout: float = 30.0,
         command: str = "") -> dict:
+    """Run the campaign target by target, writing ``fuzz.json``/``fuzz.md``
+    after each. Targets already in ``out/fuzz.json`` from a run with the same
+    seed and limits are kept beside the new ones (each with the command that
+    made it), so targets can run as separate commands into one report."""
     os.makedirs(out, exist_ok=True)
-    rep = campaign(cases, seed=seed, mem_mb=mem_mb, timeout=timeout)
-    with open(os.path.join(out, "fuzz.json"), "w") as f:
-        json.dump(rep, f, indent=1)
-    with open(os.path.join(out, "fuzz.md"), "w") as f:
-        f.write(markdown(rep, command))
+    path = os.path.join(out, "fuzz.json")
+    rep = None
+    for target, n in cases.items():
+        one = campaign({target: n}, seed=seed, mem_mb=mem_mb, timeout=timeout)
+        rep = {k: v for k, v in one.items() if k != "targets"} | {"targets": {}}
+        if os.path.exists(path):  # read again now: another command may have added a target meanwhile
+            with open(path) as f:
+                old = json.load(f)
+            if all(old.get(k) == rep[k] for k in ("seed", "memory_limit_mb", "case_timeout_s")):
+                rep["targets"] = old["targets"]
+        rep["targets"][target] = one["targets"][target] | {"command": command}
+        with open(path, "w") as f:
+            json.dump(rep, f, indent=1)
+        with open(os.path.join(out, "fuzz.md"), "w") as f:
+            f.write(markdown(rep))
     return rep
 
 

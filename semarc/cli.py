@@ -24,48 +24,67 @@ def _storage_options(args) -> dict:
     return json.loads(args.storage_options) if getattr(args, "storage_options", None) else {}
 
 
-def _add_cluster(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None,
-                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local one")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--storage-options", default=None,
-                   help="JSON dict of fsspec storage options (credentials are better left to the environment)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def add_options(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of a job's options dataclass (``jobs/options.py``):
+    ``--caption-batch`` for ``caption_batch``, ``--no-progress`` for a field
+    that defaults to True, the help, choices and argument group from the
+    field's metadata, so that a flag and an option cannot drift apart."""
+    import dataclasses
+
+    from semarc.jobs.options import GROUPS
+
+    groups: dict = {}
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        if not md.get("cli", True):
+            continue
+        g = md.get("group")
+        if g is not None and g not in groups:
+            groups[g] = p.add_argument_group(*GROUPS[g])
+        target = groups[g] if g is not None else p
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        helptext = md.get("help", "")
+        if isinstance(default, bool):
+            if default:
+                target.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                    help=helptext.split(" (command line:")[0].replace("show", "do not show", 1)
+                                    if helptext.startswith("show") else f"not {f.name}")
+            else:
+                target.add_argument(flag, dest=f.name, action="store_true", help=helptext)
+            continue
+        kind = md.get("parse") or {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        if default not in (None, {}, []) and "default" not in helptext:
+            helptext += f" (default: {default})"
+        target.add_argument(flag, dest=f.name, type=kind, choices=md.get("choices"), metavar=md.get("metavar"),
+                            default=None if md.get("parse") else default, help=helptext)
+
+
+def options_from_args(cls, args):
+    """A job's options from parsed arguments (``add_options``): every field
+    with a flag; a flag not given keeps the field's default."""
+    import dataclasses
+
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+          if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None}
+    return cls(**kw)
+
+
+def _add_cli_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, metavar="FILE",
                    help="also write the final report (counts, totals, per-stage busy time) as JSON to this local file")
 
 
-def _add_pools(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("coding pools", "actors, batch sizes and GPU shares of the caption-coding and "
-                                             "image-coding stages (default: by cluster size, docs/cluster.md)")
-    g.add_argument("--caption-batch", type=int, default=64, help="captions per caption-coding call")
-    g.add_argument("--image-batch", type=int, default=4, help="images per image-coding call")
-    g.add_argument("--caption-pool", type=int, default=None, help="caption-coding actors")
-    g.add_argument("--image-pool", type=int, default=None, help="image-coding actors")
-    g.add_argument("--caption-gpus", type=float, default=None,
-                   help="GPUs per caption-coding actor (0: CPU only; default: a share of the GPUs left)")
-    g.add_argument("--image-gpus", type=float, default=None,
-                   help="GPUs per image-coding actor (0: CPU only; default: a share of the GPUs left)")
-
-
-def _pool_options(args) -> dict:
-    from semarc.jobs.options import CODING_POOL_FIELDS
-
-    return {k: getattr(args, k) for k in CODING_POOL_FIELDS}
-
-
 def encode_options(args):
-    from semarc.jobs.encode import EncodeOptions
+    from semarc.jobs.options import EncodeOptions
 
-    return EncodeOptions(codec=args.codec, caption_model=args.caption_model, caption_profile=args.caption_profile,
-                         shard_size=args.shard_size, address=args.address, num_cpus=args.num_cpus,
-                         **_pool_options(args),
-                         storage_options=_storage_options(args), progress=not args.no_progress,
-                         captioner=args.captioner, captioner_backend=args.captioner_backend,
-                         caption_prompt=args.caption_prompt, caption_max_tokens=args.caption_max_tokens,
-                         captioner_batch=args.captioner_batch, captioner_pool=args.captioner_pool,
-                         captioner_gpus=args.captioner_gpus, gpu_memory_utilization=args.gpu_memory_utilization,
-                         one_lmm=args.one_lmm)
+    return options_from_args(EncodeOptions, args)
+
+
+def decode_options(args):
+    from semarc.jobs.options import DecodeOptions
+
+    return options_from_args(DecodeOptions, args)
 
 
 def _stage_lines(stages: dict) -> list[str]:
@@ -107,21 +126,6 @@ def cmd_encode(args) -> int:
         print(f"semarc encode: {r.errors} error rows; list them with: semarc inspect {args.dst} --errors",
               file=sys.stderr)
     return r.exit_code
-
-
-def decode_options(args):
-    from semarc.jobs.decode import DecodeOptions
-
-    keys = None
-    if args.keys:
-        keys = [k for k in open(args.keys, encoding="utf-8").read().splitlines() if k] \
-            if os.path.isfile(args.keys) else args.keys.split(",")
-    return DecodeOptions(fmt=args.format, shards=args.shards.split(",") if args.shards else None, keys=keys,
-                         address=args.address, num_cpus=args.num_cpus, caption_model=args.caption_model,
-                         codec=args.codec, storage_options=_storage_options(args), progress=not args.no_progress,
-                         refiner=args.refiner, refine_strength=args.refine_strength, refine_steps=args.refine_steps,
-                         refine_guidance=args.refine_guidance, refine_seed=args.refine_seed,
-                         refiner_pool=args.refiner_pool, refiner_gpus=args.refiner_gpus, **_pool_options(args))
 
 
 def cmd_decode(args) -> int:
@@ -236,7 +240,7 @@ def cmd_bench(args) -> int:
             return EXIT_OK
         rep = fuzz.run(args.out, fuzz.parse_cases(args.cases), seed=args.seed, mem_mb=args.memory_mb,
                        timeout=args.case_timeout, command=args.command_line)
-        print(fuzz.markdown(rep, args.command_line))
+        print(fuzz.markdown(rep))
         bad = sum(r["outcomes"][o] for r in rep["targets"].values() for o in ("other", "crash", "timeout", "oom"))
         return EXIT_ERROR_ROWS if bad else EXIT_OK
     if args.what == "crossdevice":
@@ -265,61 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    e = sub.add_parser("encode", help="images (folder, glob or manifest) -> Parquet shards under DST")
-    e.add_argument("src")
-    e.add_argument("dst")
-    e.add_argument("--codec", default=names.DEFAULT_CODEC,
-                   help=f"image codec: a name or checkpoint id from `semarc codecs` (default {names.DEFAULT_CODEC})")
-    e.add_argument("--caption-model", default=names.DEFAULT_MODEL,
-                   help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a local path")
-    e.add_argument("--caption-profile", default="portable", choices=["portable", "vllm"],
-                   help="portable: float64, decodes anywhere (default); vllm: top-k from a vLLM engine on a GPU, "
-                        "decodes under the same recorded conditions")
-    e.add_argument("--shard-size", type=int, default=256, help="records per shard")
-    _add_pools(e)
-    g = e.add_argument_group("captioning", "generate a caption for every record without a manifest caption "
-                                           "(docs/captioning.md)")
-    g.add_argument("--captioner", default=None, metavar="MODEL",
-                   help="image-text-to-text model (hub id or local folder) that writes the missing captions")
-    g.add_argument("--captioner-backend", default="transformers", choices=["transformers", "vllm"])
-    g.add_argument("--caption-prompt", default="short",
-                   help="short (default: a short factual description), misc (MISC-style: main items, one "
-                        "detail each, an overall description), or the prompt text itself")
-    g.add_argument("--caption-max-tokens", type=int, default=None,
-                   help="most new tokens per caption (default: 64 for short, 192 for misc)")
-    g.add_argument("--captioner-batch", type=int, default=8, help="images per captioning call")
-    g.add_argument("--captioner-pool", type=int, default=None, help="captioner actors (default: by cluster size)")
-    g.add_argument("--captioner-gpus", type=float, default=None,
-                   help="GPUs per captioner actor (default: 1, or 0.5 on a one-GPU cluster)")
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.85,
-                   help="vllm captioner: fraction of the GPU's memory it may take")
-    g.add_argument("--one-lmm", action="store_true",
-                   help="code captions with the captioner's own language model (text-only context) "
-                        "instead of --caption-model")
-    _add_cluster(e)
+    from semarc.jobs.options import DecodeOptions, EncodeOptions
+
+    e = sub.add_parser("encode", help="images (folder, glob or manifest) -> Parquet shards under DST",
+                       description="Encode images into Parquet shards; the options are those of semarc.encode().")
+    e.add_argument("src", help="a folder, a glob, or a .jsonl/.csv/.parquet manifest (uri, optional caption, key)")
+    e.add_argument("dst", help="the archive: a folder or any fsspec URL")
+    add_options(e, EncodeOptions)
+    _add_cli_only(e)
     e.set_defaults(func=cmd_encode)
 
-    d = sub.add_parser("decode", help="Parquet shards -> DST/images/<key>.png and DST/captions.jsonl")
-    d.add_argument("src")
-    d.add_argument("dst")
-    d.add_argument("--format", default="png", choices=["png", "webp", "jpeg"])
-    d.add_argument("--shards", default=None, help="comma-separated shard names or indices (default: all)")
-    d.add_argument("--keys", default=None, help="comma-separated keys, or a file with one key per line")
-    d.add_argument("--codec", default=None, help="override the image codec named in the shards")
-    d.add_argument("--caption-model", default=None, help="override the caption model named in the shards")
-    r = d.add_argument_group("generative refinement (the refine extra: diffusers)")
-    r.add_argument("--refiner", default=None, metavar="MODEL",
-                   help="a diffusers image-to-image model (hub id or local folder) that redraws each decoded image "
-                        "conditioned on its caption; default: none (the codec's reconstruction)")
-    r.add_argument("--refine-strength", type=float, default=0.3, help="share of the diffusion schedule re-run")
-    r.add_argument("--refine-steps", type=int, default=20, help="inference steps of the full schedule")
-    r.add_argument("--refine-guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    r.add_argument("--refine-seed", type=int, default=0, help="job seed; each record's noise comes from it and its key")
-    r.add_argument("--refiner-pool", type=int, default=None, help="refiner actors (default: by cluster size)")
-    r.add_argument("--refiner-gpus", type=float, default=None,
-                   help="GPUs per refiner actor (default: 1, or 0.5 on a one-GPU cluster)")
-    _add_pools(d)
-    _add_cluster(d)
+    d = sub.add_parser("decode", help="Parquet shards -> DST/images/<key>.png and DST/captions.jsonl",
+                       description="Decode an archive to image files and captions.jsonl; the options are those of "
+                                   "semarc.decode().")
+    d.add_argument("src", help="the archive: a folder or any fsspec URL")
+    d.add_argument("dst", help="the output folder or fsspec URL")
+    add_options(d, DecodeOptions)
+    _add_cli_only(d)
     d.set_defaults(func=cmd_decode)
 
     i = sub.add_parser("inspect", help="per-shard and total figures of an encode output")
