@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 
 
 def _cpu_flags() -> str:
@@ -62,3 +63,30 @@ def build(name: str, src: str, flags: list[str]) -> ctypes.CDLL:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return ctypes.CDLL(so)
+
+
+class Lazy:
+    """A library built on first use by ``make()``, once per process (thread
+    safe; no lock once loaded). ``get()`` is None where it cannot be had (no
+    compiler, another CPU, or turned off by the environment variable ``off``
+    set to ``off_value``), and ``error`` then says why."""
+
+    def __init__(self, make, off: str, off_value: str) -> None:
+        self._make, self._off, self._off_value = make, off, off_value
+        self._lock = threading.Lock()
+        self.lib = None
+        self.error: str | None = None
+
+    def get(self):
+        if self.lib is not None:
+            return self.lib
+        with self._lock:
+            if self.lib is None and self.error is None:
+                if os.environ.get(self._off) == self._off_value:
+                    self.error = f"turned off by {self._off}={self._off_value}"
+                else:
+                    try:
+                        self.lib = self._make()
+                    except Exception as e:  # callers fall back to their portable path
+                        self.error = f"{type(e).__name__}: {e}"
+        return self.lib

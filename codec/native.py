@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import os
 import threading
 
 import torch
@@ -197,11 +196,6 @@ void semarc_mm(const float *w, const double *x, double *out, size_t i0, size_t i
 
 
 _FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-fast-math", "-ffp-contract=off"]
-_lock = threading.Lock()
-_lib = None
-_error: str | None = None
-
-
 def _compile() -> ctypes.CDLL:
     lib = cbuild.build("semarc_mm", source(), _FLAGS)
     lib.semarc_mm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_size_t] * 4 + [ctypes.c_void_p]
@@ -219,20 +213,8 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
-def _load():
-    global _lib, _error
-    if _lib is not None:  # the per-call path: no lock once loaded
-        return _lib
-    with _lock:
-        if _lib is None and _error is None:
-            if os.environ.get("SEMARC_NATIVE", "1") == "0":
-                _error = "turned off by SEMARC_NATIVE=0"
-            else:
-                try:
-                    _lib = _compile()
-                except Exception as e:  # no compiler, another CPU, a read-only cache: torch's product then
-                    _error = f"{type(e).__name__}: {e}"
-    return _lib
+_native = cbuild.Lazy(_compile, "SEMARC_NATIVE", "0")
+_load = _native.get
 
 
 def available() -> bool:
@@ -242,7 +224,7 @@ def available() -> bool:
 def why_not() -> str | None:
     """None if the kernel is available, else the reason."""
     _load()
-    return _error
+    return _native.error
 
 
 def lanes() -> int:

