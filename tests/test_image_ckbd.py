@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from semarc.codec import image as image_mod
-from semarc.codec import image_models, train
+from semarc.codec import latent_codecs
+from semarc.codec import image_models
+from semarc.train import trainer as train
 from semarc.codec.image import ImageCodecError, ImageCoder
 from test_image_hyper import (_arrays, assert_encode_verification_refuses_bad_decodes, assert_roundtrip,
                                assert_scale_noise_absorbed_or_refused, spread_scales)
@@ -63,11 +65,11 @@ def test_coder_scales_are_the_models_in_float64(coder):
     y, z_hat = _latents(coder)
     with torch.no_grad():
         ref = coder.net.scales(coder.net.h_s(z_hat), y).double()
-        hyper = coder._h_s64(z_hat.double())
-        a = coder._anchor_grid(y)
-        bounds = coder._bounds
+        hyper = coder.arch._h_s64(z_hat.double())
+        a = coder.arch._anchor_grid(y)
+        bounds = coder.arch._bounds
         for sel, known in ((a, None), (~a, y)):
-            idx, _ = coder._checkerboard_indexes(hyper, known, sel)
+            idx, _ = coder.arch._checkerboard_indexes(hyper, known, sel)
             # the model's scale at each position lies in the table interval the coder picked
             s = ref[..., sel]
             lo = torch.where(idx > 0, bounds[(idx - 1).clamp(min=0).long()], torch.zeros_like(s))
@@ -82,10 +84,10 @@ def test_non_anchor_indexes_depend_on_the_decoded_anchors(coder):
     indexes (the anchors' own never depend on the latent)."""
     y, z_hat = _latents(coder)
     with torch.no_grad():
-        hyper = coder._h_s64(z_hat.double())
-        a = coder._anchor_grid(y)
-        i1, _ = coder._checkerboard_indexes(hyper, y, ~a)
-        i0, _ = coder._checkerboard_indexes(hyper, torch.zeros_like(y), ~a)
+        hyper = coder.arch._h_s64(z_hat.double())
+        a = coder.arch._anchor_grid(y)
+        i1, _ = coder.arch._checkerboard_indexes(hyper, y, ~a)
+        i0, _ = coder.arch._checkerboard_indexes(hyper, torch.zeros_like(y), ~a)
     assert (i1 != i0).float().mean() > 0.05
 
 
@@ -102,11 +104,11 @@ def test_listed_indexes_cover_both_passes(coder, monkeypatch):
     arrays = _arrays()[:2]
     plain = coder.encode_batch(arrays)
     ref = coder.decode_batch([(c.payload, c.check) for c in plain])
-    monkeypatch.setattr(image_mod, "SCALE_MARGIN", 0.05)
+    monkeypatch.setattr(latent_codecs, "SCALE_MARGIN", 0.05)
     wide = coder.encode_batch(arrays)
     assert [c.check for c in wide] == [c.check for c in plain]
     for c in wide:
-        listed = coder._split(coder._parse(c.payload)[2])[1]
+        listed = coder.arch.split(coder._parse(c.payload)[2])[1]
         h, w = 256 // 16, 320 // 16  # padded 200x260 -> latent grid
         anchor = [((p % (h * w)) // w + (p % w)) % 2 == 0 for p, _ in listed]
         assert sum(anchor) > 20 and len(anchor) - sum(anchor) > 20
@@ -122,7 +124,7 @@ def test_encode_verification_refuses_bad_decodes(coder, monkeypatch):
 
 def test_corrupt_and_truncated_bodies_are_errors(coder):
     (c,) = coder.encode_batch(_arrays()[:1])
-    z, listed, ya, yb = coder._split(coder._parse(c.payload)[2])
+    z, listed, ya, yb = coder.arch.split(coder._parse(c.payload)[2])
     assert ya and yb
     bad = [c.payload[: len(c.payload) // 2],  # cut inside a string
            c.payload[: len(c.payload) - len(yb) - len(ya) // 2],  # anchor string shorter than its length

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from semarc.codec import image as image_mod
+from semarc.codec import latent_codecs
 from semarc.codec import image_models
 from semarc.codec.image import ImageCodecError, ImageCoder
 from semarc.codec.imageio import read_image
@@ -48,7 +48,7 @@ def _arrays():
 
 
 def _listed(coder, payload):
-    return coder._split(coder._parse(payload)[2])[1]
+    return coder.arch.split(coder._parse(payload)[2])[1]
 
 
 def test_roundtrip_sizes_and_batch_invariance(coder):
@@ -79,7 +79,7 @@ def test_range_tables_code_what_compressai_codes(coder):
     sym = torch.round(torch.randn(idx.shape, generator=gen) * gc.scale_table[idx.long()] * 1.5)
     sym[0, :6] = torch.tensor([1000.0, -1000.0, 70000.0, -70000.0, 0.0, 1.0])
     ref = gc.compress(sym, idx)[0]
-    tables = image_mod._Tables(gc)
+    tables = latent_codecs._Tables(gc)
     assert tables.encode(sym, idx) == ref
     got = tables.decode(ref, idx)
     assert got.dtype == torch.int32 and torch.equal(got, sym.int().reshape(-1))
@@ -93,20 +93,20 @@ def assert_encode_verification_refuses_bad_decodes(coder, monkeypatch):
     still writes, which shows the check is what refuses)."""
     arrays = _arrays()[:2]
     assert len(coder.encode_batch(arrays)) == 2
-    real = image_mod._Tables.decode
+    real = latent_codecs._Tables.decode
 
     def one_wrong(self, string, indexes):
         out = real(self, string, indexes)
         out[len(out) // 2] += 1
         return out
 
-    monkeypatch.setattr(image_mod._Tables, "decode", one_wrong)
+    monkeypatch.setattr(latent_codecs._Tables, "decode", one_wrong)
     with pytest.raises(ImageCodecError, match="did not decode back"):
         coder.encode_batch(arrays)
     assert len(coder.encode_batch(arrays, verify=False)) == 2
-    monkeypatch.setattr(image_mod._Tables, "decode", real)
-    real_z = image_mod._decode_bottleneck
-    monkeypatch.setattr(image_mod, "_decode_bottleneck", lambda *a: real_z(*a) + 2.0 ** -20)
+    monkeypatch.setattr(latent_codecs._Tables, "decode", real)
+    real_z = latent_codecs._decode_bottleneck
+    monkeypatch.setattr(latent_codecs, "_decode_bottleneck", lambda *a: real_z(*a) + 2.0 ** -20)
     with pytest.raises(ImageCodecError, match="hyper-latent did not decode back"):
         coder.encode_batch(arrays)
 
@@ -119,7 +119,7 @@ def test_scales_near_boundaries_are_listed_and_decode_exactly(coder, monkeypatch
     arrays = _arrays()[:2]
     plain = coder.encode_batch(arrays)
     ref = coder.decode_batch([(c.payload, c.check) for c in plain])
-    monkeypatch.setattr(image_mod, "SCALE_MARGIN", 0.05)  # list every scale within 5% of a boundary
+    monkeypatch.setattr(latent_codecs, "SCALE_MARGIN", 0.05)  # list every scale within 5% of a boundary
     wide = coder.encode_batch(arrays)
     assert all(len(_listed(coder, c.payload)) > 50 for c in wide)
     assert [c.check for c in wide] == [c.check for c in plain]  # same symbols, only the list differs
@@ -141,7 +141,7 @@ def assert_scale_noise_absorbed_or_refused(coder, monkeypatch):
     arrays = _arrays()[:2]
     coded = coder.encode_batch(arrays)
     ref = coder.decode_batch([(c.payload, c.check) for c in coded])
-    exact = coder._table_indexes
+    exact = coder.arch._table_indexes
     gen = torch.Generator().manual_seed(1)
 
     def noisy(scale):
@@ -149,10 +149,10 @@ def assert_scale_noise_absorbed_or_refused(coder, monkeypatch):
             return exact(s * (1 + scale * (2 * torch.rand(s.shape, generator=gen, dtype=s.dtype) - 1)))
         return f
 
-    monkeypatch.setattr(coder, "_table_indexes", noisy(1e-10))
+    monkeypatch.setattr(coder.arch, "_table_indexes", noisy(1e-10))
     back = coder.decode_batch([(c.payload, c.check) for c in coded])
     assert all(np.array_equal(a, b) for a, b in zip(ref, back))
-    monkeypatch.setattr(coder, "_table_indexes", noisy(1e-3))
+    monkeypatch.setattr(coder.arch, "_table_indexes", noisy(1e-3))
     back = coder.decode_batch([(c.payload, c.check) for c in coded])
     assert all(isinstance(b, ImageCodecError) for b in back), back
 
@@ -162,7 +162,7 @@ def test_list_absorbs_decoder_noise_below_half_the_margin(coder, monkeypatch):
     decoder-side scales off by up to 1% (relative) still decode exactly; with
     (almost) no margin the same noise is caught as an error."""
     arrays = _arrays()[:2]
-    exact_h_s = coder._h_s64
+    exact_h_s = coder.arch._h_s64
     gen = torch.Generator().manual_seed(2)
 
     def noisy(z):
@@ -170,12 +170,12 @@ def test_list_absorbs_decoder_noise_below_half_the_margin(coder, monkeypatch):
         return s * (1 + 0.01 * (2 * torch.rand(s.shape, generator=gen, dtype=s.dtype) - 1))
 
     for margin, exact in ((0.05, True), (1e-12, False)):
-        monkeypatch.setattr(image_mod, "SCALE_MARGIN", margin)
+        monkeypatch.setattr(latent_codecs, "SCALE_MARGIN", margin)
         coded = coder.encode_batch(arrays)
         ref = coder.decode_batch([(c.payload, c.check) for c in coded])
-        monkeypatch.setattr(coder, "_h_s64", noisy)
+        monkeypatch.setattr(coder.arch, "_h_s64", noisy)
         back = coder.decode_batch([(c.payload, c.check) for c in coded])
-        monkeypatch.setattr(coder, "_h_s64", exact_h_s)
+        monkeypatch.setattr(coder.arch, "_h_s64", exact_h_s)
         if exact:
             assert all(np.array_equal(a, b) for a, b in zip(ref, back))
         else:
@@ -185,10 +185,10 @@ def test_list_absorbs_decoder_noise_below_half_the_margin(coder, monkeypatch):
 def test_corrupt_list_truncation_and_wrong_check_are_errors(coder, monkeypatch):
     from semarc.codec.varint import write_varint
 
-    monkeypatch.setattr(image_mod, "SCALE_MARGIN", 0.05)
+    monkeypatch.setattr(latent_codecs, "SCALE_MARGIN", 0.05)
     (c,) = coder.encode_batch(_arrays()[:1])
     head = write_varint(260) + write_varint(200)
-    z, listed, y = coder._split(coder._parse(c.payload)[2])
+    z, listed, y = coder.arch.split(coder._parse(c.payload)[2])
     assert listed
 
     def body(entries):
