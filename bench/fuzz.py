@@ -17,8 +17,9 @@ random bytes; for shards: truncation, flipped footer bytes, a footer naming an
 unknown coder, another schema, row counts that disagree with the plan, an
 empty file, a directory). ``semarc bench fuzz --replay TARGET:INDEX`` reruns one case.
 
-Cases run in worker subprocesses, each under a memory limit (``RLIMIT_AS``)
-and a per-case time limit; a worker that crashes, runs out of memory or time is
+Cases run in worker subprocesses, each under a memory limit (``RLIMIT_AS``:
+the address space of the loaded coders plus ``--memory-mb``) and a per-case
+time limit; a worker that crashes, runs out of memory or time is
 replaced and the case recorded. Outcomes: ``refused`` (a clear error),
 ``original`` (decoded to the seed's own output), ``other`` (decoded to
 something else, having passed every check), ``crash``, ``timeout``, ``oom``.
@@ -335,8 +336,10 @@ def worker_main(target: str, seed: int, mem_mb: int) -> None:
     import resource
 
     t = _make_target(target)
-    if mem_mb:
-        resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
+    if mem_mb:  # the coders are loaded: each case may use mem_mb more address space
+        with open("/proc/self/status") as f:
+            base = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) << 10
+        resource.setrlimit(resource.RLIMIT_AS, (base + (mem_mb << 20), base + (mem_mb << 20)))
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         idx = [int(x) for x in line.split(",")]
@@ -393,7 +396,7 @@ def default_targets() -> list[str]:
     return [f"image:{n}" for n in sorted(image_models.shipped_rate_points())] + ["caption", "shard"]
 
 
-def campaign(cases: dict[str, int], seed: int = 0, mem_mb: int = 6144, timeout: float = 30.0, threads: int = 1,
+def campaign(cases: dict[str, int], seed: int = 0, mem_mb: int = 4096, timeout: float = 30.0, threads: int = 1,
              progress: bool = True, batch: dict[str, int] | None = None) -> dict:
     """Run ``cases[target]`` cases per target, ``batch[target]`` per decoder
     call (default 1; the time per case is then the call's time over its
@@ -423,6 +426,10 @@ def campaign(cases: dict[str, int], seed: int = 0, mem_mb: int = 6144, timeout: 
                         restarts += 1
                         w = _Worker(target, seed, mem_mb, threads)
                     got += r
+            if any(r["outcome"] in ("oom", "crash") for r in got):  # its state is suspect: a fresh worker
+                w.close()
+                restarts += 1
+                w = _Worker(target, seed, mem_mb, threads)
             for r in got:
                 i = r["i"]
                 counts[r["kind"]][r["outcome"]] += 1
@@ -463,7 +470,7 @@ def markdown(report: dict) -> str:
     lines = ["# Fuzz campaign: untrusted bytes into semarc's decoders", "",
              "Commands:", ""] + [f"- `{c}`" for c in commands] + ["",
              f"Seed {report['seed']}; each case in a worker process limited to {report['memory_limit_mb']} MB of "
-             f"address space and {report['case_timeout_s']} s per case, one case per decoder call.", "",
+             f"address space beyond its loaded coders and {report['case_timeout_s']} s per case, one case per decoder call.", "",
              "| target | cases | refused | original | other | crash | timeout | oom | worst case (s) | restarts |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t, r in report["targets"].items():
@@ -488,7 +495,7 @@ def replay(case: str, seed: int = 0) -> dict:
     return {"case": case, "kind": kind, "outcome": t.run(payload)}
 
 
-def run(out: str, cases: dict[str, int], seed: int = 0, mem_mb: int = 6144, timeout: float = 30.0,
+def run(out: str, cases: dict[str, int], seed: int = 0, mem_mb: int = 4096, timeout: float = 30.0,
         command: str = "") -> dict:
     """Run the campaign target by target, writing ``fuzz.json``/``fuzz.md``
     after each. Targets already in ``out/fuzz.json`` from a run with the same

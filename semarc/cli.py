@@ -31,10 +31,10 @@ def add_options(p: argparse.ArgumentParser, cls) -> None:
     field's metadata, so that a flag and an option cannot drift apart."""
     import dataclasses
 
-    from semarc.jobs.options import GROUPS
+    from semarc.jobs.options import GROUPS, ordered_fields
 
     groups: dict = {}
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         md = f.metadata
         if not md.get("cli", True):
             continue
@@ -48,8 +48,7 @@ def add_options(p: argparse.ArgumentParser, cls) -> None:
         if isinstance(default, bool):
             if default:
                 target.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                                    help=helptext.split(" (command line:")[0].replace("show", "do not show", 1)
-                                    if helptext.startswith("show") else f"not {f.name}")
+                                    help=md.get("cli_help") or f"{f.name}=False: not ({helptext})")
             else:
                 target.add_argument(flag, dest=f.name, action="store_true", help=helptext)
             continue
@@ -243,6 +242,13 @@ def cmd_bench(args) -> int:
         print(fuzz.markdown(rep))
         bad = sum(r["outcomes"][o] for r in rep["targets"].values() for o in ("other", "crash", "timeout", "oom"))
         return EXIT_ERROR_ROWS if bad else EXIT_OK
+    if args.what == "read":
+        from semarc.bench import read
+
+        r = read.run(args.out, records=args.records, crop=args.crop, num_cpus=args.num_cpus or 2,
+                     shard_size=args.shard_size, repeats=args.repeats, codec=args.codec, shared=args.shared,
+                     command_line=args.command_line)
+        return EXIT_OK if r["complete"] and r["read_matches_job"] else EXIT_ERROR_ROWS
     if args.what == "crossdevice":
         from semarc.bench import crossdevice
 
@@ -261,7 +267,6 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from semarc import __version__
-    from semarc.codec import names
 
     p = argparse.ArgumentParser(prog="semarc", description="Ultra-low-bitrate semantic image archiving.",
                                 epilog="exit status: 0 ok; 3 finished with error rows; 1 job failed; 2 usage")
@@ -305,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
     b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline",
-                                          "crossdevice", "fuzz"])
+                                          "crossdevice", "fuzz", "read"])
     b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare)")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--images", default=None, metavar="DIR",
@@ -328,10 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kodak, crossdevice: comma-separated image codecs: zoo names, checkpoint ids or checkpoint "
                         "paths (default: the zoo's checkpoints)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
-    b.add_argument("--crop", type=int, default=128, help="pipeline: input image side in pixels")
+    b.add_argument("--crop", type=int, default=128, help="pipeline, read: input image side in pixels")
     b.add_argument("--caption-every", type=int, default=1,
                    help="pipeline: a caption on every K-th input (default 1: on every input)")
-    b.add_argument("--num-cpus", type=int, default=None, help="pipeline: CPUs of the local Ray cluster (default 2)")
+    b.add_argument("--num-cpus", type=int, default=None,
+                   help="pipeline, read: CPUs of the local Ray cluster (default 2)")
+    b.add_argument("--records", type=int, default=200, help="read: images in the archive (default 200)")
+    b.add_argument("--shard-size", type=int, default=50, help="read: records per shard (default 50)")
+    b.add_argument("--repeats", type=int, default=2,
+                   help="read: rounds of job, read, read, job (default 2)")
+    b.add_argument("--codec", default=None, help="read: the archive's image codec (default semarc-fast)")
     b.add_argument("--prepare", default=None, metavar="DIR", help="crossdevice: write the shared inputs to DIR")
     b.add_argument("--inputs", default=None, metavar="DIR", help="crossdevice: the inputs written by --prepare")
     b.add_argument("--device", default="cuda", help="crossdevice: the device that encodes (default cuda)")
@@ -341,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cases", default=None, help="fuzz: cases per target, e.g. image=100000,caption=2000,shard=400 "
                    "(the default; image is split over the shipped points, image:NAME=N names one)")
     b.add_argument("--seed", type=int, default=0, help="fuzz: the campaign's seed")
-    b.add_argument("--memory-mb", type=int, default=6144, help="fuzz: address-space limit of a worker process")
+    b.add_argument("--memory-mb", type=int, default=4096,
+                   help="fuzz: address space a case may use beyond its worker's loaded coders (default 4096)")
     b.add_argument("--case-timeout", type=float, default=30.0, help="fuzz: seconds a case may take")
     b.add_argument("--replay", default=None, metavar="TARGET:INDEX", help="fuzz: run one case and print its outcome")
     b.set_defaults(func=cmd_bench)

@@ -21,7 +21,7 @@ def test_the_harness_records_crashes_hangs_and_memory_exhaustion():
 
 @pytest.mark.parametrize("target,n", [("image:semarc-h05c", 200), ("image:semarc-f1", 200), ("shard", 20)])
 def test_a_seeded_sample_is_refused_or_decodes_to_its_original(target, n):
-    rep = fuzz.campaign({target: n}, mem_mb=6144, timeout=600, progress=False)["targets"][target]
+    rep = fuzz.campaign({target: n}, mem_mb=4096, timeout=600, progress=False)["targets"][target]
     o = rep["outcomes"]
     assert o["crash"] == o["timeout"] == o["oom"] == o["other"] == 0, rep["notable"]
     assert o["refused"] + o["original"] == n
