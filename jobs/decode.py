@@ -1,6 +1,6 @@
 """The decode job: Parquet shards -> images and captions.
 
-Writes ``DST/images/<key>.<fmt>`` (key folders kept, made path-safe) and
+Writes ``DST/images/<key>.<format>`` (key folders kept, made path-safe) and
 ``DST/captions.jsonl`` (one ``{"key", "caption"}`` per decoded record, in
 shard order). Per shard, the images are written first, then
 ``DST/_parts/part-NNNNN.jsonl`` (published atomically) marks the shard done, so a
@@ -32,33 +32,10 @@ from ..codec import zoo
 from .encode import EXIT_ERROR_ROWS, EXIT_OK, ensure_loaded
 from .inputs import JobError
 from .keys import safe_relpath
-from .options import JobOptions
+from .options import DecodeOptions  # noqa: F401 - re-exported: the decode job's options
 from .progress import Progress
 from .plan import load as load_plan
 from .shards import FORMAT, ShardError, list_shards, open_shard, publish, publish_file, read_metadata
-
-
-@dataclass
-class DecodeOptions(JobOptions):
-    fmt: str = "png"
-    shards: list[str] | None = None   # shard names (part-00003) or indices
-    keys: list[str] | None = None
-    caption_model: str | None = None  # default: the model named in the shards' profile table
-    codec: str | None = None          # default: the codec named in the shards' profile table
-    # generative refinement (codec/refiner.py): a diffusers image-to-image model
-    refiner: str | None = None
-    refine_strength: float = 0.3
-    refine_steps: int = 20
-    refine_guidance: float = 5.0
-    refine_seed: int = 0
-    refiner_pool: int | None = None
-    refiner_gpus: float | None = None
-
-    def refiner_config(self) -> dict | None:
-        if not self.refiner:
-            return None
-        return {"model": self.refiner, "strength": self.refine_strength, "steps": self.refine_steps,
-                "guidance": self.refine_guidance, "seed": self.refine_seed}
 
 
 @dataclass
@@ -257,11 +234,11 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
         shard_profiles = json.loads(meta["semarc.profiles"])
         rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
         ok = [r for r in rows if r["status"] == "ok"]
-        rels = [f"images/{safe_relpath(r['key'])}.{opts.fmt}" for r in ok]
+        rels = [f"images/{safe_relpath(r['key'])}.{opts.format}" for r in ok]
         if ref_pool is None:
             img_calls = submit_batches(img_pool, "decode_to", [(rel, r["image"], (r["width"], r["height"]))
                                                                for rel, r in zip(rels, ok)], ib, shard_profiles, dst,
-                                       opts.fmt)
+                                       opts.format)
         else:
             img_calls = submit_batches(img_pool, "decode_arrays", [r["image"] for r in ok], ib, shard_profiles)
         cap_calls = submit_sparse(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
@@ -290,7 +267,7 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
             end = img_calls[k + 1][0] if k + 1 < len(img_calls) else len(ok_keys)
             texts = [c["caption"] if "caption" in c else c for c in caps[b:end]]
             ref_calls.append((b, ref_pool.submit("refine_to", ref, texts, rels[b:end], ok_keys[b:end], dst,
-                                                 opts.fmt)))
+                                                 opts.format)))
             img_pool.done(a)
         refining.append((path, ok_keys, ref_calls, caps))
         while len(refining) > window:
