@@ -397,10 +397,12 @@ def default_targets() -> list[str]:
 
 
 def campaign(cases: dict[str, int], seed: int = 0, mem_mb: int = 4096, timeout: float = 30.0, threads: int = 1,
-             progress: bool = True, batch: dict[str, int] | None = None) -> dict:
+             progress: bool = True, batch: dict[str, int] | None = None, checkpoint=None) -> dict:
     """Run ``cases[target]`` cases per target, ``batch[target]`` per decoder
     call (default 1; the time per case is then the call's time over its
-    cases); returns the report."""
+    cases); returns the report. ``checkpoint(target, summary)`` is called
+    with the target's summary so far every 50 cases (``cases_done`` tells
+    how far it is)."""
     batch = batch or {}
     report = {"seed": seed, "memory_limit_mb": mem_mb, "case_timeout_s": timeout, "batch": batch, "targets": {}}
     for target, n in cases.items():
@@ -437,18 +439,23 @@ def campaign(cases: dict[str, int], seed: int = 0, mem_mb: int = 4096, timeout: 
                     worst = {"s": r["s"], "case": f"{target}:{i}", "kind": r["kind"], "outcome": r["outcome"]}
                 if r["outcome"] not in ("refused", "original") and len(notable) < 50:
                     notable.append({"case": f"{target}:{i}", **{k: r[k] for k in ("kind", "outcome", "detail")}})
+            done = min(n, start + b)
             if progress and (start + b) // 1000 > start // 1000:
-                print(f"fuzz {target}: {min(n, start + b)}/{n} cases, {time.time() - t0:.0f} s", file=sys.stderr,
-                      flush=True)
+                print(f"fuzz {target}: {done}/{n} cases, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+            if checkpoint is not None and done < n and (start + b) // 50 > start // 50:
+                checkpoint(target, _summary(done, counts, worst, restarts, t0, notable))
         w.close()
-        total = Counter()
-        for c in counts.values():
-            total.update(c)
-        report["targets"][target] = {"cases": n, "outcomes": {o: total.get(o, 0) for o in OUTCOMES},
-                                     "by_mutation": {k: dict(v) for k, v in sorted(counts.items())},
-                                     "worst_case_s": worst, "worker_restarts": restarts,
-                                     "seconds": round(time.time() - t0, 1), "notable": notable}
+        report["targets"][target] = _summary(n, counts, worst, restarts, t0, notable)
     return report
+
+
+def _summary(done: int, counts: dict, worst: dict, restarts: int, t0: float, notable: list) -> dict:
+    total = Counter()
+    for c in counts.values():
+        total.update(c)
+    return {"cases": done, "outcomes": {o: total.get(o, 0) for o in OUTCOMES},
+            "by_mutation": {k: dict(v) for k, v in sorted(counts.items())}, "worst_case_s": worst,
+            "worker_restarts": restarts, "seconds": round(time.time() - t0, 1), "notable": notable}
 
 
 def _kind(target: str, seed: int, i: int) -> str:
@@ -475,7 +482,8 @@ def markdown(report: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t, r in report["targets"].items():
         o = r["outcomes"]
-        lines.append(f"| {t} | {r['cases']} | " + " | ".join(str(o[k]) for k in OUTCOMES)
+        done = f"{r['cases']}" if r.get("planned", r["cases"]) == r["cases"] else f"{r['cases']} of {r['planned']}"
+        lines.append(f"| {t} | {done} | " + " | ".join(str(o[k]) for k in OUTCOMES)
                      + f" | {r['worst_case_s']['s']:.4f} ({r['worst_case_s']['kind']}) | {r['worker_restarts']} |")
     lines += ["", "By mutation:", ""]
     for t, r in report["targets"].items():
@@ -503,21 +511,27 @@ def run(out: str, cases: dict[str, int], seed: int = 0, mem_mb: int = 4096, time
     made it), so targets can run as separate commands into one report."""
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "fuzz.json")
-    rep = None
-    for target, n in cases.items():
-        one = campaign({target: n}, seed=seed, mem_mb=mem_mb, timeout=timeout)
-        rep = {k: v for k, v in one.items() if k != "targets"} | {"targets": {}}
+    state = {"rep": None}
+
+    def write(target: str, summary: dict, planned: int) -> None:
+        rep = {"seed": seed, "memory_limit_mb": mem_mb, "case_timeout_s": timeout, "targets": {}}
         if os.path.exists(path):  # read again now: another command may have added a target meanwhile
             with open(path) as f:
                 old = json.load(f)
             if all(old.get(k) == rep[k] for k in ("seed", "memory_limit_mb", "case_timeout_s")):
                 rep["targets"] = old["targets"]
-        rep["targets"][target] = one["targets"][target] | {"command": command}
+        rep["targets"][target] = summary | {"planned": planned, "command": command}
         with open(path, "w") as f:
             json.dump(rep, f, indent=1)
         with open(os.path.join(out, "fuzz.md"), "w") as f:
             f.write(markdown(rep))
-    return rep
+        state["rep"] = rep
+
+    for target, n in cases.items():
+        one = campaign({target: n}, seed=seed, mem_mb=mem_mb, timeout=timeout,
+                       checkpoint=lambda t, summary, n=n: write(t, summary, n))
+        write(target, one["targets"][target], n)
+    return state["rep"]
 
 
 DEFAULT_CASES = "image=100000,caption=2000,shard=400"
