@@ -4,6 +4,12 @@
 started for the job and stopped afterwards (the embedded default); with an
 address (``ray://host:10001``, ``host:6379`` or ``auto``) the job joins that
 cluster and leaves it running.
+
+While the job runs, a watchdog checks that the cluster's head (its GCS) still
+answers. A head that has not answered for ``SEMARC_CLUSTER_LOST_S`` seconds
+(15) fails the job with a ``JobError`` saying so (what was published is kept;
+a rerun resumes), before Ray's own driver gives up on the head and ends the
+process with its own message (after 60 s).
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ import contextlib
 import logging
 import math
 import os
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger("semarc.cluster")
@@ -33,10 +43,81 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         # (ray.init() would join that one, with its resources and its failures)
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
                  **kw)
+    dog = _Watchdog.start(ray)
     try:
         yield ray
+    except KeyboardInterrupt:
+        if dog is not None and dog.lost:
+            from ..jobs.inputs import JobError
+
+            raise JobError(dog.lost) from None
+        raise
     finally:
-        ray.shutdown()
+        try:
+            ray.shutdown()
+        finally:
+            if dog is not None:
+                dog.stop()
+
+
+class _Watchdog:
+    """Watches the head of the cluster a job runs on (a TCP connection to its
+    GCS port every 2 s). When the head has not answered for
+    ``SEMARC_CLUSTER_LOST_S`` seconds, it interrupts the job's main thread
+    (which ``ray_session`` turns into a ``JobError``); if the job has not
+    left its Ray session 30 s later (stuck in a call into Ray that waits for
+    the head), it says why and ends the process with exit status 1."""
+
+    def __init__(self, host: str, port: int, after_s: float) -> None:
+        self.host, self.port, self.after_s = host, port, after_s
+        self.lost: str | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="semarc-cluster-watchdog", daemon=True)
+
+    @classmethod
+    def start(cls, ray) -> "_Watchdog | None":
+        try:
+            from ray.util.client import ray as client
+
+            if client.is_connected():  # a Ray client (ray://): its connection fails by itself
+                return None
+            host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+            after = float(os.environ.get("SEMARC_CLUSTER_LOST_S", 15))
+        except Exception:  # noqa: BLE001 - no GCS address to watch: no watchdog
+            return None
+        dog = cls(host, int(port), after)
+        dog._thread.start()
+        return dog
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _answers(self) -> bool:
+        try:
+            socket.create_connection((self.host, self.port), timeout=3).close()
+            return True
+        except OSError:
+            return False
+
+    def _run(self) -> None:
+        import _thread
+
+        down_since = None
+        while not self._stopped.wait(2.0):
+            if self._answers():
+                down_since = None
+                continue
+            down_since = down_since or time.time()
+            if time.time() - down_since < self.after_s:
+                continue
+            self.lost = (f"the Ray cluster is gone: its head ({self.host}:{self.port}) has not answered for "
+                         f"{time.time() - down_since:.0f} s; what the job published is kept: rerun the same "
+                         f"command on a running cluster to resume")
+            _thread.interrupt_main()
+            if not self._stopped.wait(30):
+                print(f"semarc: job failed: {self.lost}", file=sys.stderr, flush=True)
+                os._exit(1)
+            return
 
 
 @dataclass

@@ -263,12 +263,12 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
             continue
         # each decoded batch goes from the image coder to a refiner without passing through here
         ref_calls = []
-        for k, (b, (ref, a)) in enumerate(img_calls):
+        for k, (b, call) in enumerate(img_calls):
             end = img_calls[k + 1][0] if k + 1 < len(img_calls) else len(ok_keys)
             texts = [c["caption"] if "caption" in c else c for c in caps[b:end]]
-            ref_calls.append((b, ref_pool.submit("refine_to", ref, texts, rels[b:end], ok_keys[b:end], dst,
+            ref_calls.append((b, ref_pool.submit("refine_to", call, texts, rels[b:end], ok_keys[b:end], dst,
                                                  opts.format)))
-            img_pool.done(a)
+            img_pool.done(call)
         refining.append((path, ok_keys, ref_calls, caps))
         while len(refining) > window:
             finish_refined()
