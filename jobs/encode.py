@@ -39,6 +39,7 @@ class JobReport:
     errors: int = 0
     shards: int = 0
     shards_skipped: int = 0
+    shards_by_other: int = 0  # published by another driver of this job while this one ran (counted as skipped too)
     bytes_total: int = 0
     pixels: int = 0
     seconds: float = 0.0
@@ -93,10 +94,18 @@ def _row(rec, cap, img, source: str | None = None) -> dict:
     return row
 
 
+def _published_meanwhile(fs, root: str, plan: plan_mod.Plan, i: int) -> bool:
+    """Shard ``i`` is done now (another driver of this job published it), asked of the storage itself."""
+    fs.invalidate_cache(f"{root}/{shard_name(i)}.parquet")  # object-store lookups are cached by fsspec
+    return _shard_done(fs, root, plan, i)
+
+
 def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], opts: EncodeOptions,
-                   dst: str) -> dict:
-    """Encode and publish the pending shards, a window of shards in flight.
-    Returns the pools' ``stage_report``."""
+                   dst: str, report: JobReport) -> plan_mod.Plan:
+    """Encode and publish the pending shards, a window of shards in flight;
+    the pools' ``stage_report`` goes to ``report.stages``. Returns the plan
+    followed: another driver of the same job may have published its plan
+    first, then this one follows it."""
     from ..workers.pool import (captioner_pool, codec_pools, gather, gather_sparse, stage_report, submit_batches,
                                 submit_sparse)
 
@@ -122,8 +131,19 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     profiles = record.profile_table(cap_pool.first("describe"), img_pool.first("describe"))
     if plan.profiles is None:  # the job starts work: from here on it exists in DST
         plan.profiles = profiles
-        plan_mod.publish_plan(fs, root, plan)
-    elif {k: v["fingerprint"] for k, v in plan.profiles.items()} != \
+        followed = plan_mod.publish_plan(fs, root, plan)
+        if followed is not plan:  # another driver of this job, started at the same time, published first
+            if followed.config != plan.config:
+                raise JobError(f"{dst} holds a job with another configuration {followed.config} (written meanwhile "
+                               f"by another driver); rerun with the same options or use a new DST")
+            log.warning("another driver of this job published its plan first (job %s); following it",
+                        followed.job_id)
+            plan = followed
+            published = {p.rsplit("/", 1)[-1] for p in list_shards(fs, root)}
+            pending = [i for i in range(plan.n_shards) if not _shard_done(fs, root, plan, i, published)]
+            report.records, report.shards = plan.n_records, plan.n_shards
+            report.shards_skipped = plan.n_shards - len(pending)
+    if {k: v["fingerprint"] for k, v in plan.profiles.items()} != \
             {k: v["fingerprint"] for k, v in profiles.items()}:
         raise JobError(f"{dst} was written with other models or coding profiles; "
                        f"use the same ones (see {dst}/_job.json) or a new DST")
@@ -149,9 +169,17 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     def count(got: list) -> None:
         progress.update(len(got), errors=sum(1 for g in got if "error" in g))
 
+    by_other = 0
     while queue or inflight:
         while queue and len(inflight) < window:
-            submit(queue.popleft())
+            i = queue.popleft()
+            if _published_meanwhile(fs, root, plan, i):  # by another driver of this job: not done twice
+                by_other += 1
+                progress.update(plan.shard_len(i))
+                continue
+            submit(i)
+        if not inflight:
+            continue
         i, recs, gen, cpt_calls, cap_calls, img_calls = inflight.popleft()
         texts = [r.caption for r in recs]
         sources: list = [None] * len(recs)
@@ -177,12 +205,19 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                 "semarc.job": json.dumps({"job_id": plan.job_id, "shard": i, "shards": plan.n_shards,
                                           "config": plan.config}, sort_keys=True),
                 "semarc.stats": json.dumps(stats, sort_keys=True)}
-        write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats})
+        if not write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats}):
+            by_other += 1  # another driver of this job published it first; it is kept
         if not _shard_done(fs, root, plan, i):  # read back what was published
             raise JobError(f"shard {shard_name(i)} did not read back after publishing")
     progress.close()
-    return stage_report({"captioning": cpt_pool, "caption coding": cap_pool, "image coding": img_pool},
-                        time.time() - t_pools)
+    if by_other:
+        log.warning("%d shard(s) were published by another driver of this job while this one ran; "
+                    "each is kept as first published", by_other)
+        report.shards_by_other = by_other
+        report.shards_skipped += by_other
+    report.stages = stage_report({"captioning": cpt_pool, "caption coding": cap_pool, "image coding": img_pool},
+                                 time.time() - t_pools)
+    return plan
 
 
 
@@ -210,7 +245,7 @@ def _run_encode(src: str, dst: str, opts: EncodeOptions, scratch: str) -> JobRep
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            report.stages = _encode_shards(ray, fs, root, plan, pending, opts, dst)
+            plan = _encode_shards(ray, fs, root, plan, pending, opts, dst, report)
     # totals over every shard (finished earlier or now), from the shards' own footers
     totals = {"records": 0, "ok": 0, "errors": 0, "caption_fallbacks": 0, "bytes_caption": 0,
               "bytes_image": 0, "bytes_total": 0, "pixels": 0}

@@ -12,7 +12,9 @@ the last row of a manifest) leaves DST untouched.
 The driver holds one or two parts at a time, never the whole plan: a job of
 ten million records plans and runs in the memory of a job of ten thousand.
 A rerun on the same DST reuses the plan, so shard names and contents never
-change between attempts; a rerun with another configuration is refused.
+change between attempts; a rerun with another configuration is refused. Two
+drivers that plan the same job at once end with one plan (``publish_plan``
+creates ``_job.json`` exclusively; the second driver follows the first's).
 Plans written by semarc before plan parts (one ``DST/_plan.parquet``) still
 load.
 """
@@ -123,9 +125,15 @@ def make(records: Iterable[InputRecord], shard_size: int, config: dict, scratch:
                 source=(fsspec.filesystem("file"), scratch))
 
 
-def publish_plan(fs, root: str, plan: Plan) -> None:
-    """Upload the plan parts (where they are still local scratch), then write
-    ``_job.json``: from here on the job exists in DST and reruns reuse it."""
+def publish_plan(fs, root: str, plan: Plan) -> Plan:
+    """Upload the plan parts (where they are still local scratch), then create
+    ``_job.json``: from here on the job exists in DST and reruns reuse it.
+
+    ``_job.json`` is created exclusively (local: a hard link; S3: a
+    conditional PUT), so that two drivers of a job started together end with
+    one plan: where another driver created it first, this one's parts are
+    removed and the plan DST holds is returned, for this driver to follow
+    (the caller checks that it is the same job). Returns the plan to follow."""
     fs.makedirs(root, exist_ok=True)
     folder = f"{root}/_plan/{plan.job_id}"
     src = plan.source[1]
@@ -133,15 +141,30 @@ def publish_plan(fs, root: str, plan: Plan) -> None:
         for name in plan.parts:
             with open(os.path.join(src, name), "rb") as f:
                 publish(fs, f"{folder}/{name}", f.read())
-    write_job(fs, root, plan)
+    try:
+        write_job(fs, root, plan, exclusive=True)
+    except FileExistsError:
+        fs.invalidate_cache(root)  # object-store listings are cached by fsspec
+        other = load(fs, root)
+        if other is None:
+            raise JobError(f"{root}/_job.json exists and then does not: is another process deleting DST?") from None
+        if other.job_id == plan.job_id:  # this job's own (a create retried after it succeeded, an older plan)
+            write_job(fs, root, plan)
+            return plan
+        try:
+            fs.rm(folder, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass  # an unused folder of plan parts is harmless
+        return other
+    return plan
 
 
-def write_job(fs, root: str, plan: Plan) -> None:
+def write_job(fs, root: str, plan: Plan, exclusive: bool = False) -> None:
     doc = {"job_id": plan.job_id, "config": plan.config, "shards": plan.n_shards,
            "records": plan.n_records, "profiles": plan.profiles,
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "plan": {"shard_size": plan.shard_size, "shards_per_part": plan.shards_per_part, "parts": plan.parts}}
-    publish(fs, f"{root}/_job.json", json.dumps(doc, indent=1, sort_keys=True).encode())
+    publish(fs, f"{root}/_job.json", json.dumps(doc, indent=1, sort_keys=True).encode(), exclusive=exclusive)
 
 
 def load(fs, root: str) -> Plan | None:

@@ -116,7 +116,9 @@ def publish_file(fs: fsspec.AbstractFileSystem, path: str, local_path: str) -> N
         fs.put_file(local_path, path)
 
 
-def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str, str], stats: dict) -> None:
+def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str, str], stats: dict) -> bool:
+    """Publish shard ``index`` (at most once) and its stats. Returns False
+    where another driver of the same job had published it first (kept)."""
     name = shard_name(index)
     path = f"{root}/{name}.parquet"
     try:
@@ -132,8 +134,9 @@ def write_shard(fs, root: str, index: int, rows: list[dict], metadata: dict[str,
         if json.loads(kv.get("semarc.job", "{}")).get("job_id") != want or n != len(rows):
             raise FileExistsError(f"{path} exists and is not this job's shard {index} ({n} rows); "
                                   f"it was not replaced") from None
-        return
+        return False
     publish(fs, f"{root}/{name}.stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
+    return True
 
 
 # pyarrow is only ever handed bytes, never Python file objects: pyarrow reading
