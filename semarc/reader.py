@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 
-BATCH_SIZE = 32          # records per decoding call (one block of decoded images)
-IMAGE_BATCH = 4          # images per image-decoding call inside it, as the decode job's default
+BATCH_SIZE = None        # records per decoding call; None: one shard per call, as the decode job's calls
+OUT_ROWS = 16            # records per output block of decoded images
+IMAGE_BATCH = 4          # images per image-decoding call, as the decode job's default
 CAPTION_BATCH = 64       # the caption coder's batch, as the decode job's default
 
 _COLUMNS = ["key", "status", "width", "height", "caption", "image", "error"]
@@ -108,35 +109,47 @@ class _Decoder:
         self.image_batch = image_batch
 
     def __call__(self, batch):
+        """Decode a batch (by default one shard): its captions first, in calls
+        of the caption coder's batch as the decode job makes them, then its
+        images, yielding the records in blocks of ``OUT_ROWS``."""
         rows = batch.to_pylist()
         n = len(rows)
-        out = {"key": [r["key"] for r in rows], "caption": [None] * n, "image": [None] * n,
-               "width": [r["width"] for r in rows], "height": [r["height"] for r in rows],
-               "error": [r["error"] for r in rows], "shard": [r["shard"] for r in rows]}
-        for i, r in enumerate(rows):
-            if r["status"] == "error" and not out["error"][i]:
-                out["error"][i] = "error row"
+        errors = [r["error"] or ("error row" if r["status"] == "error" else None) for r in rows]
+        captions: list = [None] * n
         by_profiles: dict[str, list[int]] = {}
         for i, r in enumerate(rows):
             if r["status"] == "ok":
                 by_profiles.setdefault(r["profiles"], []).append(i)
-        for prof_text, idx in by_profiles.items():
-            profiles = json.loads(prof_text)
-            caps = self.caption.decode([rows[i]["caption"] for i in idx], profiles)
-            imgs = []
-            for b in range(0, len(idx), self.image_batch):
-                part = idx[b:b + self.image_batch]
-                imgs += self.image.decode_arrays([rows[i]["image"] for i in part], profiles,
-                                                 [(rows[i]["width"], rows[i]["height"]) for i in part])
-            for i, c, a in zip(idx, caps, imgs):
-                errs = [x["error"] for x in (a, c) if isinstance(x, dict) and "error" in x]
-                if errs:
-                    out["error"][i] = "; ".join(dict.fromkeys(errs))
-                    continue
-                out["caption"][i] = c["caption"]
-                out["image"][i] = a
-                out["width"][i], out["height"][i] = int(a.shape[1]), int(a.shape[0])
-        return _output_table(out)
+        parsed = {text: json.loads(text) for text in by_profiles}
+        for text, idx in by_profiles.items():
+            for i, c in zip(idx, self.caption.decode([rows[i]["caption"] for i in idx], parsed[text])):
+                captions[i] = c
+        for start in range(0, n, OUT_ROWS):
+            part = range(start, min(n, start + OUT_ROWS))
+            out = {"key": [], "caption": [], "image": [], "width": [], "height": [], "error": [], "shard": []}
+            images: dict[int, object] = {}
+            for text in by_profiles:
+                idx = [i for i in part if rows[i]["status"] == "ok" and rows[i]["profiles"] == text]
+                for b in range(0, len(idx), self.image_batch):
+                    sub = idx[b:b + self.image_batch]
+                    got = self.image.decode_arrays([rows[i]["image"] for i in sub], parsed[text],
+                                                   [(rows[i]["width"], rows[i]["height"]) for i in sub])
+                    images.update(zip(sub, got))
+            for i in part:
+                r, a, c = rows[i], images.get(i), captions[i]
+                err = errors[i]
+                if r["status"] == "ok":
+                    errs = [x["error"] for x in (a, c) if isinstance(x, dict) and "error" in x]
+                    err = "; ".join(dict.fromkeys(errs)) if errs else None
+                ok = r["status"] == "ok" and err is None
+                out["key"].append(r["key"])
+                out["caption"].append(c["caption"] if ok else None)
+                out["image"].append(a if ok else None)
+                out["width"].append(int(a.shape[1]) if ok else r["width"])
+                out["height"].append(int(a.shape[0]) if ok else r["height"])
+                out["error"].append(err)
+                out["shard"].append(r["shard"])
+            yield _output_table(out)
 
 
 def _output_table(out: dict):
@@ -160,7 +173,8 @@ def _output_table(out: dict):
                      "error": pa.array(out["error"], s), "shard": pa.array(out["shard"], s)})
 
 
-def read(url: str, *, keys=None, shards=None, concurrency=None, num_gpus: float = 0, batch_size: int = BATCH_SIZE,
+def read(url: str, *, keys=None, shards=None, concurrency=None, num_gpus: float = 0,
+         batch_size: int | None = BATCH_SIZE,
          storage_options: dict | None = None, codec: str | None = None, caption_model: str | None = None):
     """An archive as a ``ray.data.Dataset`` of decoded records, read from any
     fsspec URL (a folder, ``s3://bucket/archive``).
@@ -184,8 +198,10 @@ def read(url: str, *, keys=None, shards=None, concurrency=None, num_gpus: float 
             autoscaling pool (default: from 1 up to what the cluster fits).
         num_gpus: GPUs per decoding actor (default 0: CPU; one torch thread
             per actor).
-        batch_size: records per decoding call, i.e. per block of decoded
-            images (default 32).
+        batch_size: records per decoding call (default None: a whole
+            shard, whose captions are decoded in calls of 64 as in the
+            decode job; the decoding LM's cost is per call more than per
+            caption); the decoded records come in blocks of 16.
         storage_options: fsspec options for ``url`` (credentials are better
             left to the environment).
         codec, caption_model: override the coders named in the shards.
