@@ -145,7 +145,7 @@ def run(out_dir: str, shared: str = "../shared/data", models: list[str] | None =
 
     import torch
 
-    from semarc.codec.captioner import CaptionerConfig, make_captioner, vllm_unavailable
+    from semarc.generate.captioner import CaptionerConfig, make_captioner, vllm_unavailable
 
     torch.set_num_threads(threads)
     images = _images(Path(shared))

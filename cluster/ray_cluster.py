@@ -48,7 +48,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         yield ray
     except KeyboardInterrupt:
         if dog is not None and dog.lost:
-            from ..jobs.inputs import JobError
+            from ..workers.errors import JobError
 
             raise JobError(dog.lost) from None
         raise

@@ -9,7 +9,7 @@ window of twice the larger pool in flight (backpressure: memory is bounded by
 the window, not by the number of shards). Records that cannot be decoded exactly are listed
 in ``DST/errors.jsonl`` and make the exit status non-zero.
 
-With ``refiner`` (a diffusers image-to-image model, ``codec/refiner.py``), a
+With ``refiner`` (a diffusers image-to-image model, ``generate/refiner.py``), a
 third pool redraws each decoded image conditioned on its caption: the image
 coders return arrays, which go from the object store straight to a refiner
 actor with their captions; the refined images are written. ``DST/_decode.json``

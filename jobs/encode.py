@@ -114,8 +114,8 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                        captioner_batch=opts.captioner_batch, captioner_pool=opts.captioner_pool,
                        captioner_gpus=opts.captioner_gpus)
     caption_model = opts.caption_model
-    if opts.one_lmm:  # the captioner's language model, as a causal-LM folder (cached; see codec/captioner.py)
-        from ..codec.captioner import export_text_lm
+    if opts.one_lmm:  # the captioner's language model, as a causal-LM folder (cached; see generate/captioner.py)
+        from ..generate.captioner import export_text_lm
 
         caption_model = export_text_lm(opts.captioner)
     t_pools = time.time()

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 
 import fsspec
 
+from ..workers.errors import JobError
+
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl")
-
-
-class JobError(RuntimeError):
-    """A job-level error: nothing is (or was) done."""
 
 
 @dataclass(frozen=True)

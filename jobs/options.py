@@ -147,7 +147,7 @@ class EncodeOptions(JobOptions):
                              "of caption_model (needs captioner)")
 
     def captioner_config(self):
-        from ..codec.captioner import CaptionerConfig
+        from ..generate.captioner import CaptionerConfig
 
         return CaptionerConfig(model=self.captioner, backend=self.captioner_backend, prompt=self.caption_prompt,
                                max_tokens=self.caption_max_tokens,
@@ -186,7 +186,7 @@ class DecodeOptions(JobOptions):
                                       "line; default: all)")
     caption_model: str | None = opt(None, help="override the caption model named in the shards")
     codec: str | None = opt(None, help="override the image codec named in the shards")
-    # generative refinement (codec/refiner.py): a diffusers image-to-image model
+    # generative refinement (generate/refiner.py): a diffusers image-to-image model
     refiner: str | None = opt(None, group="refine", metavar="MODEL",
                               help="a diffusers image-to-image model (hub id or local folder) that redraws each "
                                    "decoded image conditioned on its caption; default: none (the codec's "

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import run_cli
 from semarc.bench.captioner import build_tiny_model
-from semarc.codec.captioner import (PROMPTS, CaptionerConfig, CaptionerError, export_text_lm, make_captioner,
+from semarc.generate.captioner import (PROMPTS, CaptionerConfig, CaptionerError, export_text_lm, make_captioner,
                                     text_lm, text_lm_dir, vllm_unavailable)
 
 

@@ -1,4 +1,4 @@
-"""Generative refinement at decode (codec/refiner.py, workers/refiner_worker.py,
+"""Generative refinement at decode (generate/refiner.py, workers/refiner_worker.py,
 ``semarc decode --refiner``), with a tiny random Stable Diffusion pipeline
 built here and loaded from its folder by the real loading code."""
 
@@ -23,7 +23,7 @@ def tiny_sd(tmp_path_factory):
 
 
 def test_refiner_keeps_sizes_and_is_reproducible_per_record(tiny_sd):
-    from semarc.codec.refiner import Refiner, RefinerConfig, RefinerError
+    from semarc.generate.refiner import Refiner, RefinerConfig, RefinerError
 
     r = Refiner(RefinerConfig(model=tiny_sd, steps=4, strength=0.5))
     assert r.multiple == 4 and r.describe()["pipeline"] == "StableDiffusionImg2ImgPipeline"

@@ -1,6 +1,6 @@
 """A tiny randomly initialised Stable Diffusion image-to-image pipeline,
 built and saved locally (no diffusion weights can be downloaded here), to
-exercise the real loading and refinement code (codec/refiner.py)."""
+exercise the real loading and refinement code (generate/refiner.py)."""
 
 import json
 import os

@@ -13,7 +13,7 @@ class CaptionerWorker(Metered):
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        from semarc.codec.captioner import make_captioner
+        from semarc.generate.captioner import make_captioner
 
         self.captioner = make_captioner(config)
         self.storage_options = storage_options or {}

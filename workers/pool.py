@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..jobs.inputs import JobError
+from .errors import JobError
 
 log = logging.getLogger("semarc.pool")
 

@@ -1,4 +1,4 @@
-"""The refiner (diffusion image-to-image, ``codec.refiner``) as a Ray actor:
+"""The refiner (diffusion image-to-image, ``generate.refiner``) as a Ray actor:
 takes the image coder's decoded arrays (straight from the object store),
 refines them with their captions and writes them to DST."""
 
@@ -14,7 +14,7 @@ class RefinerWorker(Metered):
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        from semarc.codec.refiner import Refiner, RefinerConfig
+        from semarc.generate.refiner import Refiner, RefinerConfig
 
         self.refiner = Refiner(RefinerConfig(**config))
         self.storage_options = storage_options or {}

@@ -127,7 +127,7 @@ def to_pil(image, max_side: int = 0):
     """An array, PIL image or image-file bytes -> RGB PIL image (or CaptionerError)."""
     from PIL import Image
 
-    from .imageio import ImageReadError, read_image, to_rgb
+    from ..codec.imageio import ImageReadError, read_image, to_rgb
 
     try:
         if isinstance(image, (bytes, bytearray, memoryview)):
@@ -520,17 +520,17 @@ def text_lm(vlm: str, out: str | None = None, **kw):
     (default float64 for the ``portable`` profile)."""
     import torch
 
-    from .lm import TransformersLM
+    from ..codec.lm import TransformersLM
 
     kw.setdefault("dtype", torch.float64)
     return TransformersLM(export_text_lm(vlm, out), **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m semarc.codec.captioner export-text-lm VLM [OUT]``."""
+    """``python -m semarc.generate.captioner export-text-lm VLM [OUT]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m semarc.codec.captioner")
+    p = argparse.ArgumentParser(prog="python -m semarc.generate.captioner")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export-text-lm", help="write the language model of an image-text-to-text model as a "
                                               "causal-LM folder (for --caption-model)")
