@@ -66,7 +66,8 @@ class _Watchdog:
     ``SEMARC_CLUSTER_LOST_S`` seconds, it interrupts the job's main thread
     (which ``ray_session`` turns into a ``JobError``); if the job has not
     left its Ray session 30 s later (stuck in a call into Ray that waits for
-    the head), it says why and ends the process with exit status 1."""
+    the head), it says why and ends the process with exit status 1. Only for
+    a job run in the main thread."""
 
     def __init__(self, host: str, port: int, after_s: float) -> None:
         self.host, self.port, self.after_s = host, port, after_s
@@ -76,6 +77,8 @@ class _Watchdog:
 
     @classmethod
     def start(cls, ray) -> "_Watchdog | None":
+        if threading.current_thread() is not threading.main_thread():
+            return None  # a job run from another thread of an application: its main thread is not the job's
         try:
             from ray.util.client import ray as client
 
