@@ -19,8 +19,10 @@ empty file, a directory). ``semarc bench fuzz --replay TARGET:INDEX`` reruns one
 
 Cases run in worker subprocesses, each under a memory limit (``RLIMIT_AS``:
 the address space of the loaded coders plus ``--memory-mb``) and a per-case
-time limit; a worker that crashes, runs out of memory or time is
-replaced and the case recorded. Outcomes: ``refused`` (a clear error),
+time limit; a worker that crashes, runs out of memory or time is replaced
+and its cases are run again one by one in a fresh worker: a case that fails
+alone is recorded as a crash, timeout or out of memory (``worker_restarts``
+counts the replacements). Outcomes: ``refused`` (a clear error),
 ``original`` (decoded to the seed's own output), ``other`` (decoded to
 something else, having passed every check), ``crash``, ``timeout``, ``oom``.
 The report (``fuzz.json``, ``fuzz.md``) gives the counts per target and
