@@ -28,7 +28,7 @@ crops are the same as on the CPU). Resume is exact on the CPU; on a GPU the
 entropy bottleneck's training noise comes from the device's generator, which
 is not checkpointed. The learning rate drops tenfold at ``--lr-drop-step``
 (default: 90% of ``--steps``), or, with ``--drop-after-minutes M``, at the first
-step after M minutes of this invocation (for fixed-time runs on a lent GPU);
+step after M minutes of this invocation (for fixed-time runs on a rented GPU);
 the step it dropped at is logged (``lr_drop_step``), so ``--steps S
 --lr-drop-step K`` reproduces such a run's schedule exactly.
 
