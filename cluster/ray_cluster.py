@@ -65,7 +65,7 @@ class _Watchdog:
     GCS port every 2 s). When the head has not answered for
     ``SEMARC_CLUSTER_LOST_S`` seconds, it interrupts the job's main thread
     (which ``ray_session`` turns into a ``JobError``); if the job has not
-    left its Ray session 30 s later (stuck in a call into Ray that waits for
+    let go of Ray within 30 s (stuck in a call into Ray that waits for
     the head), it says why and ends the process with exit status 1. Only for
     a job run in the main thread."""
 

@@ -71,23 +71,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     sfs, sroot = fsspec.core.url_to_fs(src, **opts.storage_options)
     dfs, droot = fsspec.core.url_to_fs(dst, **opts.storage_options)
     sroot, droot = sroot.rstrip("/"), droot.rstrip("/")
-    paths = _select(list_shards(sfs, sroot), opts.shards)
-    if not paths:
-        raise JobError(f"no shards (part-*.parquet) under {src}")
-    kv = _first_footer(sfs, paths)
-    if "semarc.profiles" not in kv:
-        raise JobError(f"{paths[0]} is not a semarc shard (no semarc.profiles in its footer)")
-    if kv.get("semarc.format") != FORMAT:
-        raise JobError(f"{paths[0]} is record format {kv.get('semarc.format')!r}; this semarc reads format {FORMAT}")
-    profiles = json.loads(kv["semarc.profiles"])
-    codec = opts.codec or (profiles.get("image") or {}).get("codec")
-    if codec in zoo.RETIRED:  # before any work: the shards name a checkpoint this semarc no longer has
-        raise JobError(zoo.retired_message(codec))
-    try:  # the job's plan, where the archive has one: each shard must hold its planned rows
-        plan = load_plan(sfs, sroot)
-    except (JobError, OSError, ValueError, KeyError, TypeError):
-        plan = None
-    opts_rows = None if plan is None else plan.shard_len
+    paths, profiles, expect = open_archive(sfs, sroot, src, opts.shards, opts.codec)
     report = DecodeReport(shards=len(paths))
     done_parts = set()
     if dfs.exists(f"{droot}/_parts"):
@@ -109,7 +93,7 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
             report.stages = _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg,
-                                           opts_rows)
+                                           expect)
 
     # commit: concatenate the parts in shard order, streamed through local spool files
     # (a job of millions of records never holds its captions in memory)
@@ -139,6 +123,38 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     publish(dfs, f"{droot}/_SUCCESS", json.dumps({"decoded": report.decoded, "errors": report.errors,
                                                   "shards": report.shards, "refiner": ref_cfg}).encode())
     return report
+
+
+def open_archive(fs, root: str, url: str, shards, codec: str | None) -> tuple[list[str], dict, dict[str, int]]:
+    """The shards of an archive to read (``shards``: names or indices; all by
+    default), its profile table (from the first shard whose footer parses),
+    and each shard's planned row count where the archive has a job plan.
+    Raises JobError on an archive that cannot be read at all, and before any
+    work on one whose image codec (``codec``, else the one it names) was
+    retired."""
+    paths = _select(list_shards(fs, root), shards)
+    if not paths:
+        raise JobError(f"no shards (part-*.parquet) under {url}")
+    kv = _first_footer(fs, paths)
+    if "semarc.profiles" not in kv:
+        raise JobError(f"{paths[0]} is not a semarc shard (no semarc.profiles in its footer)")
+    if kv.get("semarc.format") != FORMAT:
+        raise JobError(f"{paths[0]} is record format {kv.get('semarc.format')!r}; this semarc reads format {FORMAT}")
+    profiles = json.loads(kv["semarc.profiles"])
+    img_codec = codec or (profiles.get("image") or {}).get("codec")
+    if img_codec in zoo.RETIRED:  # the shards name a checkpoint this semarc no longer has
+        raise JobError(zoo.retired_message(img_codec))
+    try:  # the job's plan, where the archive has one: each shard must hold its planned rows
+        plan = load_plan(fs, root)
+    except (JobError, OSError, ValueError, KeyError, TypeError):
+        plan = None
+    expect = {}
+    if plan is not None:
+        for p in paths:
+            i = _shard_index(p)
+            if i is not None and i < plan.n_shards:
+                expect[p] = plan.shard_len(i)
+    return paths, profiles, expect
 
 
 def _first_footer(fs, paths: list[str]) -> dict[str, str]:
@@ -193,7 +209,7 @@ def _finish_shard(dfs, droot: str, path: str, ok_keys: list[str], imgs: list, ca
 
 
 def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], profiles: dict, keys: set | None,
-                   opts: DecodeOptions, ref_cfg: dict | None, plan_rows=None) -> dict:
+                   opts: DecodeOptions, ref_cfg: dict | None, expect: dict | None = None) -> dict:
     """Decode the pending shards through the pools, a window of shards in
     flight. With a refiner, the image coders return arrays that go straight
     (object store) to the refiner pool with their captions, and the refined
@@ -223,10 +239,9 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     count = lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g))  # noqa: E731
 
     def submit(path: str) -> None:
-        i = _shard_index(path)
         try:
             table, meta = open_shard(sfs, path, columns=["key", "status", "width", "height", "caption", "image"],
-                                     expect_rows=plan_rows(i) if plan_rows and i is not None else None)
+                                     expect_rows=(expect or {}).get(path))
         except ShardError as e:
             _fail_shard(dfs, droot, path, e)
             progress.update(0, errors=1)

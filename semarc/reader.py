@@ -223,11 +223,7 @@ def read(url: str, *, keys=None, shards=None, concurrency=None, num_gpus: float 
     import fsspec
     import ray
 
-    from semarc.codec import zoo
-    from semarc.jobs.decode import _first_footer, _select, _shard_index
-    from semarc.jobs.inputs import JobError
-    from semarc.jobs.plan import load as load_plan
-    from semarc.jobs.shards import FORMAT, list_shards
+    from semarc.jobs.decode import open_archive
 
     storage_options = dict(storage_options or {})
     if isinstance(keys, str):
@@ -236,28 +232,7 @@ def read(url: str, *, keys=None, shards=None, concurrency=None, num_gpus: float 
         shards = [s for s in str(shards).split(",") if s]
     fs, root = fsspec.core.url_to_fs(str(url), **storage_options)
     root = root.rstrip("/")
-    paths = _select(list_shards(fs, root), [str(s) for s in shards] if shards else None)
-    if not paths:
-        raise JobError(f"no shards (part-*.parquet) under {url}")
-    kv = _first_footer(fs, paths)
-    if "semarc.profiles" not in kv:
-        raise JobError(f"{paths[0]} is not a semarc shard (no semarc.profiles in its footer)")
-    if kv.get("semarc.format") != FORMAT:
-        raise JobError(f"{paths[0]} is record format {kv.get('semarc.format')!r}; this semarc reads format {FORMAT}")
-    profiles = json.loads(kv["semarc.profiles"])
-    img_codec = codec or (profiles.get("image") or {}).get("codec")
-    if img_codec in zoo.RETIRED:
-        raise JobError(zoo.retired_message(img_codec))
-    try:  # the job's plan, where the archive has one: each shard must hold its planned rows
-        plan = load_plan(fs, root)
-    except (JobError, OSError, ValueError, KeyError, TypeError):
-        plan = None
-    expect = {}
-    if plan is not None:
-        for p in paths:
-            i = _shard_index(p)
-            if i is not None and i < plan.n_shards:
-                expect[p] = plan.shard_len(i)
+    paths, profiles, expect = open_archive(fs, root, str(url), [str(s) for s in shards] if shards else None, codec)
     # the read tasks get full URLs, so that they open the same filesystem
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     urls = [p if proto in ("file", "local") else f"{proto}://{p}" for p in paths]
@@ -274,6 +249,7 @@ def read(url: str, *, keys=None, shards=None, concurrency=None, num_gpus: float 
     else:
         compute = ray.data.ActorPoolStrategy(**dict(zip(("min_size", "max_size", "initial_size"), concurrency)))
     remote = {"num_cpus": 1} if not num_gpus else {"num_gpus": num_gpus}
+    img_codec = codec or profiles["image"]["codec"]
     return ds.map_batches(_Decoder, fn_constructor_args=(img_codec, caption_model or profiles["caption"]["model"],
                                                          profiles["caption"]["profile"]),
                           batch_size=batch_size, batch_format="pyarrow", compute=compute, **remote)
