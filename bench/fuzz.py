@@ -23,7 +23,9 @@ time limit; a worker that crashes, runs out of memory or time is replaced
 and its cases are run again one by one in a fresh worker: a case that fails
 alone is recorded as a crash, timeout or out of memory (``worker_restarts``
 counts the replacements). Outcomes: ``refused`` (a clear error),
-``original`` (decoded to the seed's own output), ``other`` (decoded to
+``original`` (decoded to the seed's own output; or, where the mutated bytes
+are another seed's valid record whole, as a splice at the start of both
+records makes them, to that record's output), ``other`` (decoded to
 something else, having passed every check), ``crash``, ``timeout``, ``oom``.
 The report (``fuzz.json``, ``fuzz.md``) gives the counts per target and
 mutation, the worst time per case, and every case that was not refused or
@@ -139,7 +141,8 @@ class _ImageTarget:
         got = self.worker._decode_arrays([data], self.profiles, [size])[0]
         if isinstance(got, dict):
             return "refused"
-        want = self.seeds[k][2]
+        # the bytes of another seed's record whole (a splice at both records' start) decode to that record
+        want = next((s[2] for s in self.seeds if s[0] == data and s[1] == size), self.seeds[k][2])
         return "original" if isinstance(want, np.ndarray) and np.array_equal(got, want) else "other"
 
 
@@ -165,8 +168,10 @@ class _CaptionTarget:
     def run_many(self, payloads) -> list[str]:
         """One batch through the decoder, as the decode job sends them."""
         got = self.coder.decode_batch([d for _, d in payloads], errors="return")
-        return ["refused" if isinstance(g, Exception) else "original" if g == self.seeds[k][1] else "other"
-                for (k, _), g in zip(payloads, got)]
+        # the bytes of another seed's record whole (a splice at both records' start) decode to that record
+        want = [next((t for b, t in self.seeds if b == d), self.seeds[k][1]) for k, d in payloads]
+        return ["refused" if isinstance(g, Exception) else "original" if g == w else "other"
+                for g, w in zip(got, want)]
 
 
 class _ShardTarget:

@@ -24,6 +24,16 @@ Also measures, on one torch thread, semarc's encode and decode speed side by sid
 with CompressAI's own ``net.compress``/``net.decompress`` of the same network on
 the same images (interleaved per image, best of ``speed_reps`` rounds).
 
+Text-guided points (``codec/text_guided.py``, TACO) encode each image with its
+caption (``--captions``: a CSV with ``image`` and ``caption`` columns, or a
+JSONL with ``key`` and ``caption``; default for Kodak: ``SHARED/kodak_captions.csv``,
+the LLaVA captions), and once more with a wrong caption, that of the image half
+the set on in the sorted list (12 for Kodak; row ``POINT-wrong-caption``), which shows whether
+the encoder uses the text. Their no-text control is another point given in
+``--points`` (a checkpoint path names its row by its file's stem). Their
+encode speed counts the text encoder (its cache is emptied before each image).
+``--baselines none`` measures semarc's points alone.
+
 Writes ``DIR/kodak.json`` (rows: means over the images per codec and rate point;
 per-image figures; command, machine, versions, speed), ``DIR/kodak.md`` and
 ``DIR/kodak.png`` (rate-distortion plots).
@@ -258,27 +268,48 @@ def versions() -> dict:
 
 
 # -- speed: semarc vs CompressAI ----------------------------------------------------------------
-def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2) -> dict:
+def load_captions(path: str | Path) -> dict[str, str]:
+    """Captions by image stem from a CSV (``image``, ``caption``) or JSONL (``key``, ``caption``)."""
+    import csv
+
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {Path(r["key"]).stem: r["caption"] for r in rows}
+    with open(path, encoding="utf-8") as f:
+        return {Path(r["image"]).stem: r["caption"] for r in csv.DictReader(f)}
+
+
+def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, texts: list | None = None) -> dict:
     """Images/s of semarc's encode (as jobs run it: with its verification, plus
     section packing) and decode (unpack, symbol check, synthesis, uint8), and of
     CompressAI's ``net.compress``/``net.decompress`` on the same network, with
     the same uint8 <-> tensor conversions, one image per call, interleaved per
-    image; each figure is the best of ``reps`` rounds over all images."""
+    image; each figure is the best of ``reps`` rounds over all images. A
+    text-guided point encodes with ``texts`` (one per image), its text encoder's
+    cache emptied before each encode, so its cost is counted."""
     import torch
 
     from semarc.codec import record
 
     net = coder.net
+    text_of = {id(a): t for (_, a), t in zip(images, texts or [None] * len(images))}
+
+    def _texts(a):
+        if not coder.text_guided:
+            return None
+        coder.text_encoder()._cache.clear()
+        return [text_of[id(a)]]
 
     def to_x(a):
         return torch.from_numpy(np.array(a)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
     def s_enc(a):
-        c = coder.encode_batch([a])[0]
+        c = coder.encode_batch([a], texts=_texts(a))[0]
         return record.pack_image(c.payload, c.check)
 
     def s_enc_nv(a):
-        c = coder.encode_batch([a], verify=False)[0]
+        c = coder.encode_batch([a], verify=False, texts=_texts(a))[0]
         return record.pack_image(c.payload, c.check)
 
     def s_dec(sec):
@@ -348,7 +379,7 @@ def _fmt(v, spec: str) -> str:
 def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baselines: list[str] | None = None,
         points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
         speed_reps: int = 3, command: str | None = None, plot: bool = True, images_dir: str | None = None,
-        which: tuple[str, ...] = METRICS) -> dict:
+        which: tuple[str, ...] = METRICS, captions: str | None = None) -> dict:
     import torch
 
     from semarc import metrics
@@ -373,10 +404,17 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     unknown = [p for p in points if p not in shipped and not (p.endswith(".pt") and Path(p).is_file())]
     if unknown:
         raise SystemExit(f"unknown rate points {unknown}; shipped: {', '.join(zoo.names())}, or a checkpoint path")
-    made, missing = make_baselines(baselines or BASELINES)
+    if baselines == ["none"]:
+        made, missing = {}, {}
+    else:
+        made, missing = make_baselines(baselines or BASELINES)
+    captions_file = captions or (None if images_dir else str(Path(shared) / "kodak_captions.csv"))
+    caption_of = load_captions(captions_file) if captions_file and Path(captions_file).is_file() else {}
     metrics.Scorer(images[0][1], which)  # load the metrics' weights up front: a missing package fails here
     result = {
         "command": command or (f"semarc bench kodak --out {out_dir} --shared {shared} --threads {threads}"
+                               + (f" --speed-reps {speed_reps}" if speed_reps != 3 else "")
+                               + (f" --captions {captions}" if captions else "")
                                + (f" --baselines {','.join(baselines)}" if baselines else "")
                                + (f" --points {','.join(points)}" if requested_points else "")
                                + (f" --images {images_dir}" if images_dir else "")
@@ -396,14 +434,34 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                  "over the quality parameter); otherwise the lowest quality, not reached",
         "rows": [], "per_image": [], "speed": {}, "points": {},
     }
+    variants = []  # (row label, checkpoint, texts by image or None)
     for point in points:
-        coder = ImageCoder(point)
+        label = Path(point).stem if point.endswith(".pt") else point
+        if "text_encoder" not in image_models.load_checkpoint_config(point):
+            variants.append((label, point, None))
+            continue
+        names = [n for n, _ in images]
+        missing_caps = [n for n in names if n not in caption_of]
+        if missing_caps:
+            raise SystemExit(f"{point} is text-guided: give --captions with a caption for every image "
+                             f"(none for {', '.join(missing_caps[:5])})")
+        right = [caption_of[n] for n in names]
+        variants += [(label, point, right), (f"{label}-wrong-caption", point,
+                                             [right[(i + len(right) // 2) % len(right)] for i in range(len(right))])]
+    if any(t is not None for _, _, t in variants):
+        result["captions"] = {"file": str(captions_file), "wrong_caption": "the caption of the image len/2 places on "
+                                                                      "in the sorted list"}
+    coders: dict = {}
+    for point, ckpt, texts in variants:
+        coder = coders.get(ckpt) or coders.setdefault(ckpt, ImageCoder(ckpt))
         result["points"][point] = {"fingerprint": coder.describe()["fingerprint"], "arch": coder.model.arch,
-                                   "config": coder.model.config}
+                                   "config": coder.model.config, "checkpoint": ckpt,
+                                   **({"text": "wrong caption" if point.endswith("-wrong-caption") else "caption"}
+                                      if texts is not None else {})}
         per: dict[str, list[dict]] = {}
-        for name, a in images:
+        for k, (name, a) in enumerate(images):
             pixels = a.shape[0] * a.shape[1]
-            c = coder.encode_batch([a])[0]
+            c = coder.encode_batch([a], texts=[texts[k]] if texts is not None else None)[0]
             section = record.pack_image(c.payload, c.check)
             back = coder.decode_batch([record.unpack_image(section)])[0]
             if isinstance(back, Exception):
@@ -427,8 +485,8 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                 for r in rows), file=sys.stderr, flush=True)
         for codec, items in per.items():
             result["rows"].append(_mean_row(codec, point, items))
-        if speed_reps:
-            result["speed"][point] = measure_speed(coder, images, reps=speed_reps)
+        if speed_reps and not point.endswith("-wrong-caption"):
+            result["speed"][point] = measure_speed(coder, images, reps=speed_reps, texts=texts)
             print(f"[kodak {point}] speed {json.dumps(result['speed'][point]['images_per_s'])}", file=sys.stderr,
                   flush=True)
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -465,6 +523,8 @@ def markdown(r: dict) -> str:
              "its lowest quality is used, which is larger). Figures are means over the images. semarc's bytes are "
              "the whole stored image section (header, payload, check); classical sizes are whole files.", ""]
     need = min(r["min_reached"], n_img)
+    if not r["baselines"]:  # semarc's points alone, side by side
+        return "\n".join(lines[:4] + _points_table(r)) + "\n"
     lines += [f"Summary: per rate point, the classical codec with the highest PSNR among those reaching semarc's "
               f"size on >= {need} of {n_img} images, and semarc against it (LPIPS reduction: positive = semarc "
               f"better; PSNR gap: semarc minus it).", "",
@@ -524,6 +584,24 @@ def markdown(r: dict) -> str:
                   "has no such model): other strings by design, the same symbols and pixels.", ""]
     lines += ["Baseline settings:", ""] + [f"* `{k}`: {v}" for k, v in r["baselines"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _points_table(r: dict) -> list[str]:
+    """Every semarc row side by side (a text-guided point with its right and
+    wrong captions, its control), with encode and decode speed."""
+    lines = ["semarc's points on the same images, side by side (means over the images; speed: images/s, one "
+             "torch thread; a text-guided point's encode includes its text encoder).", "",
+             "| point | text | bpp | PSNR (dB) | MS-SSIM | LPIPS-Alex | LPIPS-VGG | DISTS | encode/s | decode/s |",
+             "| --- |" + " --- |" * 9]
+    for point, info in r["points"].items():
+        x = next(x for x in r["rows"] if x["point"] == point and x["codec"] == "semarc")
+        sp = r.get("speed", {}).get(point, {}).get("images_per_s", {})
+        lines.append(f"| {point} | {info.get('text', '-')} | {x['bpp']:.4f} | {x['psnr']:.2f} | "
+                     f"{_fmt(x.get('ms_ssim'), '.4f')} | {x['lpips']:.4f} | {_fmt(x.get('lpips_vgg'), '.4f')} | "
+                     f"{_fmt(x.get('dists'), '.4f')} | {sp.get('semarc-encode', '-')} | {sp.get('semarc-decode', '-')} |")
+    if r.get("captions"):
+        lines += ["", f"Captions: `{r['captions']['file']}`; wrong caption: {r['captions']['wrong_caption']}."]
+    return lines + [""]
 
 
 def plot_rd(r: dict, path: Path) -> None:

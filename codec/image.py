@@ -57,31 +57,61 @@ class ImageCoder:
     latent codec (``latent_codecs``)."""
 
     def __init__(self, codec: str = image_models.DEFAULT_CODEC, device: str = "cpu",
-                 zoo_pretrained: bool = True) -> None:
+                 zoo_pretrained: bool = True, text_encoder: str | None = None) -> None:
         self.model = image_models.resolve(codec, zoo_pretrained=zoo_pretrained)
         self.device = device
         self.net = self.model.net.to(device).eval()
         self.stride = self.model.stride
         self.arch = latent_codecs.for_model(self.model, self.net, device)
+        # a text-guided point (codec/text_guided.py) encodes with captions; its text encoder loads on
+        # first encode (decoding never needs it). ``text_encoder``: where its recorded weights lie, when
+        # not under the recorded name
+        self.text_guided = hasattr(self.net, "analysis")
+        self._text_encoder_spec = text_encoder
+        self._text_encoder = None
+
+    def text_encoder(self):
+        """The text encoder this point was trained with (weights checked)."""
+        if self._text_encoder is None:
+            from .text_encoders import TextEncoderError, load_matching
+
+            try:
+                self._text_encoder = load_matching(self.model.config["text_encoder"], self._text_encoder_spec)
+            except TextEncoderError as e:
+                raise ImageCodecError(str(e)) from e
+        return self._text_encoder
 
     def describe(self) -> dict:
+        """The coder's profile (what a shard's footer records). A text-guided
+        point's ``config`` names its text encoder (identity and weights)."""
         return {"kind": "image", "codec": self.model.name, "arch": self.model.arch, "config": self.model.config,
                 "stride": self.stride, "check": "crc32&0xffff of int32 latent symbols" if self.arch.exact
                 else "crc32&0xffff of payload", "fingerprint": self.model.fingerprint} | self.arch.describe()
 
     # -- encode -------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_batch(self, arrays: list[np.ndarray], verify: bool = True) -> list[CodedImage]:
+    def encode_batch(self, arrays: list[np.ndarray], verify: bool = True,
+                     texts: list[str | None] | None = None) -> list[CodedImage]:
+        """Code HxWx3 uint8 arrays. ``texts``: each image's caption, read by a
+        text-guided point's encoder (None or missing: the empty text) and
+        ignored by every other point; the bitstream never holds it."""
         out: list[CodedImage | None] = [None] * len(arrays)
         groups: dict[tuple, list[int]] = {}
+        emb: list = [None] * len(arrays)
+        if texts is not None and len(texts) != len(arrays):
+            raise ValueError(f"{len(texts)} texts for {len(arrays)} images")
         for i, a in enumerate(arrays):
             if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
                 raise ImageCodecError(f"image {i}: expected HxWx3 uint8, got {a.shape} {a.dtype}")
             h, w = a.shape[:2]
             if not 0 < h * w <= MAX_PIXELS:
                 raise ImageCodecError(f"image {i}: {w}x{h} is outside 1..{MAX_PIXELS} pixels")
-            groups.setdefault((-(-h // self.stride), -(-w // self.stride), h, w), []).append(i)
-        for (_, _, h, w), idx in groups.items():
+            key = (-(-h // self.stride), -(-w // self.stride), h, w)
+            if self.text_guided:  # texts of one length batch without padding: the bytes do not depend on the batch
+                emb[i] = self.text_encoder().embed((texts[i] if texts else None) or "").to(self.device)
+                key += (emb[i].shape[0],)
+            groups.setdefault(key, []).append(i)
+        for (_, _, h, w, *_), idx in groups.items():
             x = torch.stack([torch.from_numpy(np.array(arrays[i])).permute(2, 0, 1) for i in idx]).float().div_(255.0)
             x = _pad(x.to(self.device), self.stride)
             header = write_varint(w) + write_varint(h)
@@ -89,7 +119,8 @@ class ImageCoder:
                 for i, body in zip(idx, self.arch.encode(x)):
                     out[i] = CodedImage(header + body, check16(header + body), w, h)
                 continue
-            bodies, syms, expect = self.arch.encode(x)
+            text = (torch.stack([emb[i] for i in idx]), None) if self.text_guided else None
+            bodies, syms, expect = self.arch.encode(x, text)
             hp, wp = x.shape[-2:]
             for j, i in enumerate(idx):
                 if verify:

@@ -36,7 +36,8 @@ HYPER_INPUTS = ("latent", "rounded")
 def build(arch: str, config: dict) -> torch.nn.Module:
     """A fresh (untrained) network of a semarc architecture.
 
-    ``config``: ``N``, ``M`` and, for the hyperprior architectures,
+    ``config``: ``N``, ``M``; for ``text-checkerboard`` (``text_guided``)
+    ``text_encoder``, the identity of its text encoder; and, for the hyperprior architectures,
     optionally ``hyper_input``: what the hyper-analysis ``h_a`` reads,
     ``latent`` (the default, CompressAI's ``|y|``) or ``rounded``
     (``|round(y)|``, the symbols the coder writes). It is encoder-side only:
@@ -55,6 +56,12 @@ def build(arch: str, config: dict) -> torch.nn.Module:
         net = ScaleHyperprior(int(config["N"]), int(config["M"]))
     elif arch == "checkerboard":
         net = _checkerboard_class()(int(config["N"]), int(config["M"]))
+    elif arch == "text-checkerboard":
+        from .text_guided import network_class
+
+        if not isinstance(config.get("text_encoder"), dict):
+            raise ValueError("a text-checkerboard config names its text encoder (text_encoders.TextEncoder.identity)")
+        net = network_class()(int(config["N"]), int(config["M"]), int(config["text_encoder"]["dim"]))
     else:
         raise ValueError(f"unknown image codec architecture {arch!r}")
     net.hyper_input = hyper_input
@@ -199,6 +206,18 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
     net.eval()
     return LoadedModel(name=name or Path(path).stem, arch=blob["arch"], config=blob["config"],
                        net=net, fingerprint=fp, meta=json.loads(blob.get("meta") or "{}"))
+
+
+def load_checkpoint_config(name: str) -> dict:
+    """The architecture config of a codec by ``--codec`` name or checkpoint
+    path, without building its network ({} for a CompressAI zoo model)."""
+    from . import zoo as semarc_zoo
+
+    path = shipped_rate_points().get(semarc_zoo.checkpoint_id(name)) or (Path(name) if name.endswith(".pt") else None)
+    if path is None or not Path(path).is_file():
+        return {}
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(blob.get("config") or {}) if isinstance(blob, dict) else {}
 
 
 def shipped_rate_points() -> dict[str, Path]:

@@ -103,6 +103,16 @@ class LatentCodec:
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
         return self.net.g_s(y_hat)
 
+    def analyze(self, x: torch.Tensor, text: tuple | None = None) -> torch.Tensor:
+        """The latent of ``x``: ``g_a(x)``, or for a text-guided network
+        (``text_guided``) its analysis guided by ``text`` = (token embeddings
+        (B, L, D), padding mask or None)."""
+        if hasattr(self.net, "analysis"):
+            if text is None:
+                raise ImageCodecError("this codec point is text-guided: its encoder needs the captions")
+            return self.net.analysis(x, *text)
+        return self.net.g_a(x)
+
 
 class Factorized(LatentCodec):
     """One latent, one fixed table per channel (Balle et al. 2017)."""
@@ -116,9 +126,9 @@ class Factorized(LatentCodec):
         med = eb._get_medians()
         return torch.round(y_hat - med).to(torch.int32)
 
-    def encode(self, x: torch.Tensor) -> tuple[list[bytes], list[bytes], list]:
+    def encode(self, x: torch.Tensor, text: tuple | None = None) -> tuple[list[bytes], list[bytes], list]:
         eb = self.net.entropy_bottleneck
-        y = self.net.g_a(x)
+        y = self.analyze(x, text)
         bodies = eb.compress(y)
         sym = self._symbols(eb.quantize(y, "dequantize", eb._get_medians()))
         return bodies, [sym[j].cpu().numpy().tobytes() for j in range(x.shape[0])], [None] * x.shape[0]
@@ -171,7 +181,7 @@ class Hyperprior(Factorized):
             prev = p
         return b"".join(out)
 
-    def encode(self, x: torch.Tensor) -> tuple[list[bytes], list[bytes], list[tuple]]:
+    def encode(self, x: torch.Tensor, text: tuple | None = None) -> tuple[list[bytes], list[bytes], list[tuple]]:
         """Bodies (z string, listed indexes, y strings), symbol bytes and the
         tables (``entropy_decode``'s ``expect``) per image. The tables are
         computed image by image, by the decoder's own functions on exactly the
@@ -179,7 +189,7 @@ class Hyperprior(Factorized):
         batch and single images give the same bytes."""
         net = self.net
         eb = net.entropy_bottleneck
-        y = net.g_a(x)
+        y = self.analyze(x, text)
         z = net.h_a(image_models.hyper_analysis_input(net, y))
         z_strings = eb.compress(z)
         # the decoder's z_hat: symbols + medians, what decompress returns (the
@@ -447,7 +457,8 @@ class Zoo(LatentCodec):
 
 def for_model(model, net, device: str) -> LatentCodec:
     """The latent codec of a loaded model (``image_models.LoadedModel``)."""
-    cls = {"factorized": Factorized, "hyperprior": Hyperprior, "checkerboard": Checkerboard}.get(model.arch)
+    cls = {"factorized": Factorized, "hyperprior": Hyperprior, "checkerboard": Checkerboard,
+           "text-checkerboard": Checkerboard}.get(model.arch)  # text guides the encoder's analysis alone
     if cls is not None:
         return cls(net, model.stride, device)
     return Zoo(net, model.stride, device, model.name, model.arch)

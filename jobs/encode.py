@@ -128,7 +128,10 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                                      opts.threads_per_actor, opts.storage_options)
     if cpt_pool is not None:
         ensure_loaded(ray, cpt_pool, f"the captioner {opts.captioner!r} ({opts.captioner_backend})")
-    profiles = record.profile_table(cap_pool.first("describe"), img_pool.first("describe"))
+    image_profile = img_pool.first("describe")
+    # a text-guided image point (codec/text_guided.py) encodes each record with its caption
+    text_guided = "text_encoder" in (image_profile.get("config") or {})
+    profiles = record.profile_table(cap_pool.first("describe"), image_profile)
     if plan.profiles is None:  # the job starts work: from here on it exists in DST
         plan.profiles = profiles
         followed = plan_mod.publish_plan(fs, root, plan)
@@ -163,7 +166,10 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         # only the records with a caption go to the caption coders: full batches of captions
         cap_calls = None if gen else submit_sparse(cap_pool, "encode", [r.caption for r in recs],
                                                    specs["caption"].batch_size)
-        img_calls = submit_batches(img_pool, "encode", [r.uri for r in recs], specs["image"].batch_size)
+        # a text-guided point's image coding, too, waits for the generated captions
+        img_calls = None if text_guided and gen else submit_batches(
+            img_pool, "encode", [(r.uri, r.caption) if text_guided else r.uri for r in recs],
+            specs["image"].batch_size)
         inflight.append((i, recs, gen, cpt_calls, cap_calls, img_calls))
 
     def count(got: list) -> None:
@@ -194,6 +200,9 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
                 else:
                     gen_errors[j] = g
             cap_calls = submit_sparse(cap_pool, "encode", texts, specs["caption"].batch_size)
+            if img_calls is None:
+                img_calls = submit_batches(img_pool, "encode", [(r.uri, t) for r, t in zip(recs, texts)],
+                                           specs["image"].batch_size)
         imgs = gather(img_pool, img_calls, len(recs), count)
         caps = gather_sparse(cap_pool, cap_calls, len(recs))
         for j, e in gen_errors.items():

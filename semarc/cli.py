@@ -229,7 +229,8 @@ def cmd_bench(args) -> int:
         kodak.run(args.out, shared=args.shared, threads=args.threads,
                   baselines=args.baselines.split(",") if args.baselines else None,
                   points=args.points.split(",") if args.points else None, images_dir=args.images,
-                  which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS)
+                  which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS,
+                  captions=args.captions, speed_reps=args.speed_reps)
         return EXIT_OK
     if args.what == "fuzz":
         from semarc.bench import fuzz
@@ -328,7 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="captioner: a captioning model to measure (repeatable; default: two random models built here)")
     b.add_argument("--max-tokens", type=int, default=32, help="captioner: most new tokens per caption")
     b.add_argument("--baselines", default=None,
-                   help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl)")
+                   help="kodak: comma-separated classical codecs (default: avif,avif-ds2,heif,webp,jpeg,jxl), "
+                        "or none")
+    b.add_argument("--captions", default=None, metavar="FILE",
+                   help="kodak: the images' captions for text-guided points (CSV image,caption or JSONL key,caption; "
+                        "default for Kodak: SHARED/kodak_captions.csv)")
+    b.add_argument("--speed-reps", type=int, default=3,
+                   help="kodak: rounds of the speed measurement, best of them (default 3; 0: none)")
     b.add_argument("--points", default=None,
                    help="kodak, crossdevice: comma-separated image codecs: zoo names, checkpoint ids or checkpoint "
                         "paths (default: the zoo's checkpoints)")

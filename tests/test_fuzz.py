@@ -31,3 +31,15 @@ def test_a_seeded_sample_is_refused_or_decodes_to_its_original(target, n):
 def test_replay_runs_one_case():
     got = fuzz.replay("image:semarc-f1:3")
     assert got["outcome"] in ("refused", "original") and got["kind"] in fuzz.IMAGE_MUTATIONS
+
+
+def test_a_splice_that_is_another_valid_record_whole_decodes_to_that_record():
+    """caption:311 splices the start of one seed onto another at offset 0: the
+    bytes are the other seed's valid record, which decodes to its own caption
+    (the campaign once counted that as "decoded to something else")."""
+    t = fuzz._make_target("caption")
+    kind, (k, data) = t.case(fuzz._rng(0, "caption", 311))
+    other = next(i for i, (b, _) in enumerate(t.seeds) if b == data)
+    assert kind == "splice" and other != k
+    assert t.run((k, data)) == "original"
+    assert t.run((k, t.seeds[k][0][:-1] + bytes([t.seeds[k][0][-1] ^ 1]))) == "refused"

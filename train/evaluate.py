@@ -30,14 +30,17 @@ from .options import DEFAULT_EVAL_METRICS as DEFAULT_METRICS
 
 
 def load_split(corpus_dir: str, split: str = "val", max_side: int | None = None) -> list[dict]:
-    """The split's images as ``{"key", "source", "image"}`` (HxWx3 uint8),
-    downscaled (Lanczos) so the long side is at most ``max_side`` when given."""
+    """The split's images as ``{"key", "source", "image", "caption"}`` (HxWx3
+    uint8; the photo's caption from ``train/captions.py``, None where it has
+    none), downscaled (Lanczos) so the long side is at most ``max_side`` when
+    given."""
     from PIL import Image
 
     from semarc.codec.imageio import read_image
 
-    from . import corpus
+    from . import captions, corpus
 
+    table = captions.load()
     rows = corpus.read_manifest(corpus_dir, split)
     if not rows:
         raise SystemExit(f"{corpus_dir}: no images in the {split!r} split")
@@ -51,7 +54,8 @@ def load_split(corpus_dir: str, split: str = "val", max_side: int | None = None)
             im = Image.fromarray(a).resize((max(1, round(a.shape[1] * s)), max(1, round(a.shape[0] * s))),
                                            Image.LANCZOS)
             a = np.asarray(im)
-        out.append({"key": r["key"], "source": r["source"], "image": np.ascontiguousarray(a)})
+        out.append({"key": r["key"], "source": r["source"], "image": np.ascontiguousarray(a),
+                    "caption": table.get(r["sha256"], {}).get("caption")})
     return out
 
 
@@ -78,8 +82,8 @@ def export_state(run: Path) -> tuple[int, Path]:
 
 
 def evaluate_checkpoint(ckpt: str | os.PathLike, images: list[dict], which=DEFAULT_METRICS, log=None) -> dict:
-    """Code every image with ``ckpt``; returns the means, per-source means and
-    per-image figures."""
+    """Code every image with ``ckpt`` (a text-guided point reads each image's
+    ``caption``); returns the means, per-source means and per-image figures."""
     from semarc import metrics
     from semarc.codec import record
     from semarc.codec.image import ImageCoder
@@ -89,7 +93,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, images: list[dict], which=DEFAU
     for it in images:
         a = it["image"]
         t = time.time()
-        c = coder.encode_batch([a])[0]
+        c = coder.encode_batch([a], texts=[it.get("caption")])[0]
         section = record.pack_image(c.payload, c.check)
         back = coder.decode_batch([record.unpack_image(section)])[0]
         if isinstance(back, Exception):

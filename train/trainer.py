@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 
 from semarc.codec import image_models
+from semarc.codec.text_guided import batch_texts
 
 from .options import DEFAULT_PHOTOS, add_arguments  # noqa: F401 - the command line's options
 
@@ -99,11 +100,17 @@ def load_photos(paths: list[str]) -> list[torch.Tensor]:
     return out
 
 
-def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.Generator) -> torch.Tensor:
-    """Random crops at a random scale in [0.35, 1], random horizontal flip."""
+def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.Generator,
+                 which: list | None = None) -> torch.Tensor:
+    """Random crops at a random scale in [0.35, 1], random horizontal flip;
+    the index of each crop's photo is appended to ``which`` when given (the
+    draws are the same either way)."""
     xs = []
     for _ in range(batch):
-        img = photos[int(torch.randint(len(photos), (1,), generator=gen))]
+        k = int(torch.randint(len(photos), (1,), generator=gen))
+        if which is not None:
+            which.append(k)
+        img = photos[k]
         _, h, w = img.shape
         s = 0.35 + 0.65 * float(torch.rand((), generator=gen))
         side = min(h, w, max(crop, int(round(crop / s))))
@@ -141,14 +148,20 @@ def _ste(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return v + (q - v).detach()
 
 
-def _mixed_forward(net, x):
+def _analysis(net, x, text=None):
+    """``g_a(x)``, or a text-guided network's analysis guided by ``text``
+    (token embeddings and padding mask, ``codec.text_guided.batch_texts``)."""
+    return net.analysis(x, *text) if hasattr(net, "analysis") else net.g_a(x)
+
+
+def _mixed_forward(net, x, text=None):
     """(x_hat, likelihoods) with mixed quantisation: the rate from the latents
     plus uniform noise (CompressAI's differentiable proxy), the synthesis (and,
     for a hyperprior, the scales) from the latents rounded by the calls the
     coder (``codec/image.py``) rounds them with, through a straight-through
     gradient."""
     eb = net.entropy_bottleneck
-    y = net.g_a(x)
+    y = _analysis(net, x, text)
     if hasattr(net, "h_a"):
         z = net.h_a(image_models.hyper_analysis_input(net, y))
         _, z_l = eb(z)
@@ -160,16 +173,17 @@ def _mixed_forward(net, x):
     return net.g_s(_ste(y, eb.quantize(y, "dequantize", eb._get_medians()))), [y_l]
 
 
-def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str = "noise"):
+def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str = "noise", text=None):
     """(loss, bpp, mse, lpips): loss = lmbda * 255^2 * MSE + lpips_weight * LPIPS + bpp.
 
     ``quant``: ``noise`` (CompressAI's training forward: the synthesis sees the
     latents plus uniform noise) or ``mixed`` (``_mixed_forward``: the synthesis
     sees the rounded latents it decodes in use, the rate keeps the noise proxy).
     ``lpips`` (the batch mean of LPIPS-Alex between reconstruction and input) is
-    computed, differentiably, only when ``lpips_net`` is given; otherwise None."""
+    computed, differentiably, only when ``lpips_net`` is given; otherwise None.
+    ``text``: a text-guided network's captions (``_analysis``; mixed only)."""
     if quant == "mixed":
-        x_hat, likelihoods = _mixed_forward(net, x)
+        x_hat, likelihoods = _mixed_forward(net, x, text)
     else:
         out = net(x)
         x_hat, likelihoods = out["x_hat"], out["likelihoods"].values()
@@ -299,7 +313,8 @@ def lpips_network():
 # Options a run's config.json records only when they differ from these defaults, so
 # runs made before an option existed keep their configuration and resume unchanged.
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
-                    "entropy_data": "crops", "hyper_input": "latent", "corpus": None}
+                    "entropy_data": "crops", "hyper_input": "latent", "corpus": None, "captions": None,
+                    "text_encoder": None}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -311,6 +326,8 @@ def model_config(config: dict) -> dict:
     out = {"N": config["N"], "M": config["M"]}
     if config.get("hyper_input", "latent") != "latent":
         out["hyper_input"] = config["hyper_input"]
+    if config.get("text_encoder"):
+        out["text_encoder"] = config["text_encoder"]
     return out
 
 
@@ -326,6 +343,16 @@ def run_config(args) -> dict:
         config["photos"] = None
         config["corpus_dir"] = str(Path(args.corpus).expanduser().resolve())
         args = _with(args, corpus=corpus.split_digest(rows))
+    if args.arch == "text-checkerboard":  # the captions' digest and the text encoder's identity
+        from semarc.codec import text_encoders
+
+        from . import captions
+
+        args = _with(args, captions=captions.digest(getattr(args, "captions", None)),
+                     text_encoder=text_encoders.load(getattr(args, "text_encoder", None)
+                                                     or text_encoders.DEFAULT_TEXT_ENCODER).identity)
+    elif getattr(args, "captions", None) or getattr(args, "text_encoder", None):
+        raise SystemExit("--captions and --text-encoder are for --arch text-checkerboard")
     for key, default in _RECORDED_IF_SET.items():
         value = getattr(args, key, default) or default
         if key == "lpips_weight":
@@ -350,6 +377,22 @@ def training_paths(args) -> list[str]:
     return sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
 
 
+def training_captions(args, paths: list[str]) -> list[str]:
+    """The caption of each training photo (``training_paths`` order), from
+    ``--captions`` (default: the corpus's, ``train/captions.py``), bound to the
+    photo by its file's SHA-256."""
+    from . import captions
+
+    if getattr(args, "corpus", None):
+        from . import corpus
+
+        rows = {r["path"]: r for r in corpus.read_manifest(args.corpus, "train")}
+        rows = [rows[p] for p in paths]
+    else:
+        rows = [{"key": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in paths]
+    return captions.for_rows(rows, getattr(args, "captions", None))
+
+
 def _same_config(old: dict, new: dict) -> bool:
     def norm(c):
         return {k: v for k, v in c.items()
@@ -370,7 +413,15 @@ def train(args) -> dict:
     config = run_config(args)
     lpips_weight = config.get("lpips_weight", 0.0)
     part = config.get("train_part", "all")
-    decoder_only, entropy_only = part == "decoder", part == "entropy"
+    decoder_only, entropy_only, encoder_only = part == "decoder", part == "entropy", part == "encoder"
+    text_guided = args.arch == "text-checkerboard"
+    if text_guided and part not in ("encoder", "all"):
+        raise SystemExit("--arch text-checkerboard trains its encoder: --train-part all or encoder")
+    if text_guided and part == "all" and config.get("quant", "noise") != "mixed":
+        raise SystemExit("--arch text-checkerboard trains with the rounded latents: --quant mixed (or --train-part "
+                         "encoder)")
+    if encoder_only and args.arch not in ("hyperprior", "checkerboard", "text-checkerboard"):
+        raise SystemExit("--train-part encoder trains a hyperprior's encoder side against its frozen decoder")
     if part != "all" and not args.init:
         raise SystemExit(f"--train-part {part} fine-tunes a trained point: give it --init CKPT")
     if part != "all" and "quant" in config:
@@ -394,6 +445,12 @@ def train(args) -> dict:
     if latent_data and not entropy_only:
         raise SystemExit("--entropy-data latents is for --train-part entropy (the transforms frozen)")
     photos = [] if latent_data else [p.to(device) for p in load_photos(paths)]
+    texts = None
+    if text_guided:  # each photo's caption, embedded once by the frozen text encoder
+        from semarc.codec import text_encoders
+
+        enc = text_encoders.load_matching(config["text_encoder"], getattr(args, "text_encoder", None))
+        texts = [enc.embed(c).to(device) for c in training_captions(args, paths)]
     torch.manual_seed(args.seed)
     net = image_models.build(args.arch, model_config(config)).to(device)
     lpips_net = lpips_network().to(device) if lpips_weight else None
@@ -401,6 +458,10 @@ def train(args) -> dict:
         params, aux_params = list(net.g_s.parameters()), []
         for n, p in net.named_parameters():
             p.requires_grad_(n.startswith("g_s."))
+    elif encoder_only:  # what only the encoder runs; the decoder and entropy model stay as --init has them
+        for n, p in net.named_parameters():
+            p.requires_grad_(n.startswith(("g_a.", "h_a.", "text_adapters.")))
+        params, aux_params = [p for p in net.parameters() if p.requires_grad], []
     elif entropy_only:  # everything but the transforms: the pixels stay --init's, the bytes shrink
         for n, p in net.named_parameters():
             p.requires_grad_(not n.startswith(("g_a.", "g_s.")))
@@ -439,6 +500,8 @@ def train(args) -> dict:
         loaded = init_from(net, args.arch, init)
         net.to(device)
         print(f"initialised from {args.init} ({init.arch}): {loaded}", flush=True)
+        if encoder_only:  # the training noise does not depend on how many parameters the network drew at
+            torch.manual_seed(args.seed + 1)  # build: a text-guided run and its no-text control see the same
     latents = None
     if latent_data:
         t = time.time()
@@ -472,15 +535,18 @@ def train(args) -> dict:
         # learning-rate drop (tenfold) for the end of the schedule
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * (0.1 if step >= drop_at else 1.0)
+        which: list = []
         x = sample_latents(latents, args.batch, args.crop, gen) if latent_data else \
-            sample_batch(photos, args.batch, args.crop, gen)
+            sample_batch(photos, args.batch, args.crop, gen, which)
         opt.zero_grad()
         if decoder_only:
             loss, bpp, mse, lp = decoder_loss(net, x, args.lmbda, lpips_net, lpips_weight)
         elif entropy_only:
             loss, bpp, mse, lp = entropy_loss(net, y=x) if latent_data else entropy_loss(net, x)
-        else:
-            loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight, config.get("quant", "noise"))
+        else:  # joint, or the encoder side alone (always against the rounded latents it codes)
+            text = batch_texts([texts[k] for k in which]) if text_guided else None
+            loss, bpp, mse, lp = rd_loss(net, x, args.lmbda, lpips_net, lpips_weight,
+                                         "mixed" if encoder_only else config.get("quant", "noise"), text)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         # a non-finite loss or gradient skips the update (and is logged) instead of
@@ -551,6 +617,11 @@ def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
     if init.arch == arch:
         net.load_state_dict(src, strict=False)
         return "all weights"
+    if (init.arch, arch) == ("checkerboard", "text-checkerboard"):
+        missing, unexpected = net.load_state_dict(src, strict=False)
+        if unexpected or any(not k.startswith("text_adapters.") for k in missing):
+            raise SystemExit(f"--init {init.name}: its weights do not fit this architecture/size")
+        return "all checkerboard weights; the text adapters start as the identity (the --init point's encoder)"
     if (init.arch, arch) == ("hyperprior", "checkerboard"):
         missing, unexpected = net.load_state_dict(src, strict=False)
         if unexpected or any(not k.startswith(("context.", "entropy_params.")) for k in missing):
@@ -591,7 +662,7 @@ def export(run: Path, out: str, args) -> dict:
     cfg = json.loads((run / "config.json").read_text())
     net = image_models.build(cfg["arch"], model_config(cfg))
     net.load_state_dict(st["model"], strict=False)
-    if cfg.get("train_part", "all") == "decoder":  # the entropy model is --init's: keep its tables exactly
+    if cfg.get("train_part", "all") in ("decoder", "encoder"):  # the entropy model is --init's: keep its tables
         aux_before = aux_after = float(net.aux_loss().detach())
     else:
         aux_before, aux_after = fit_quantiles(net)

@@ -34,11 +34,15 @@ class ImageWorker(Metered):
             return f.read()
 
     @metered
-    def encode(self, uris: list[str]) -> list[dict]:
-        """Per uri: {"width", "height", "section"} or {"error"}."""
+    def encode(self, items: list) -> list[dict]:
+        """Per item, a uri or a (uri, caption) pair (a text-guided point's
+        encoder reads the caption; None: the empty text): {"width", "height",
+        "section"} or {"error"}."""
         from semarc.codec import record
         from semarc.codec.imageio import ImageReadError, read_image
 
+        uris = [it if isinstance(it, str) else it[0] for it in items]
+        texts = [None if isinstance(it, str) else it[1] for it in items]
         out: list = [None] * len(uris)
         arrays, idx = [], []
         for i, uri in enumerate(uris):
@@ -53,12 +57,12 @@ class ImageWorker(Metered):
                 out[i] = {"error": f"image: cannot read: {type(e).__name__}: {e}"}
         if arrays:
             try:
-                coded = self.coder.encode_batch(arrays)
+                coded = self.coder.encode_batch(arrays, texts=[texts[i] for i in idx])
             except Exception:  # isolate: code one by one so one bad image cannot fail the rest
                 coded = []
-                for a in arrays:
+                for a, i in zip(arrays, idx):
                     try:
-                        coded.append(self.coder.encode_batch([a])[0])
+                        coded.append(self.coder.encode_batch([a], texts=[texts[i]])[0])
                     except Exception as e:
                         coded.append(e)
             for i, c in zip(idx, coded):
