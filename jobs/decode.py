@@ -4,10 +4,10 @@ Writes ``DST/images/<key>.<format>`` (key folders kept, made path-safe) and
 ``DST/captions.jsonl`` (one ``{"key", "caption"}`` per decoded record, in
 shard order). Per shard, the images are written first, then
 ``DST/_parts/part-NNNNN.jsonl`` (published atomically) marks the shard done, so a
-rerun skips finished shards. Shards stream through the actor pools with a
-window of twice the larger pool in flight (backpressure: memory is bounded by
-the window, not by the number of shards). Records that cannot be decoded exactly are listed
-in ``DST/errors.jsonl`` and make the exit status non-zero.
+rerun skips finished shards (``sink.DecodeSink``). Shards stream through the
+actor pools with a window of twice the larger pool in flight
+(``scheduler.py``). Records that cannot be decoded exactly are listed in
+``DST/errors.jsonl`` and make the exit status non-zero.
 
 With ``refiner`` (a diffusers image-to-image model, ``generate/refiner.py``), a
 third pool redraws each decoded image conditioned on its caption: the image
@@ -19,10 +19,7 @@ records the refinement options; a rerun with other options is refused.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import fsspec
@@ -35,7 +32,9 @@ from .keys import safe_relpath
 from .options import DecodeOptions  # noqa: F401 - re-exported: the decode job's options
 from .progress import Progress
 from .plan import load as load_plan
-from .shards import FORMAT, ShardError, list_shards, open_shard, publish, publish_file, read_metadata
+from .scheduler import run_shards, window_for
+from .shards import FORMAT, ShardError, list_shards, open_shard, read_metadata
+from .sink import DecodeSink
 
 
 @dataclass
@@ -73,55 +72,21 @@ def run_decode(src: str, dst: str, opts: DecodeOptions | None = None) -> DecodeR
     sroot, droot = sroot.rstrip("/"), droot.rstrip("/")
     paths, profiles, expect = open_archive(sfs, sroot, src, opts.shards, opts.codec)
     report = DecodeReport(shards=len(paths))
-    done_parts = set()
-    if dfs.exists(f"{droot}/_parts"):
-        done_parts = {p.rsplit("/", 1)[-1] for p in dfs.ls(f"{droot}/_parts", detail=False)}
-    pending = [p for p in paths if p.rsplit("/", 1)[-1].replace(".parquet", ".jsonl") not in done_parts]
+    ref_cfg = opts.refiner_config()
+    sink = DecodeSink(dfs, droot, ref_cfg)
+    pending = sink.pending(paths)
     report.shards_skipped = len(paths) - len(pending)
     keys = set(opts.keys) if opts.keys else None
-
-    ref_cfg = opts.refiner_config()
-    # what this DST is decoded with: a rerun must use the same refinement (or none)
-    decode_doc = {"refiner": ref_cfg}
-    if dfs.exists(f"{droot}/_decode.json"):
-        if json.loads(dfs.cat_file(f"{droot}/_decode.json")).get("refiner") != ref_cfg:
-            raise JobError(f"{dst} was decoded with other refinement options (see {dst}/_decode.json); "
-                           f"rerun with the same ones or use a new DST")
-    elif pending:
-        publish(dfs, f"{droot}/_decode.json", json.dumps(decode_doc, sort_keys=True).encode())
+    sink.on_start(dst, bool(pending))  # a rerun must use the same refinement (or none)
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            report.stages = _decode_shards(ray, sfs, dfs, droot, dst, pending, profiles, keys, opts, ref_cfg,
-                                           expect)
-
-    # commit: concatenate the parts in shard order, streamed through local spool files
-    # (a job of millions of records never holds its captions in memory)
-    with tempfile.TemporaryDirectory(prefix="semarc-decode-") as tmp:
-        cap_path, err_path = os.path.join(tmp, "captions.jsonl"), os.path.join(tmp, "errors.jsonl")
-        first_errors: list[str] = []
-        with open(cap_path, "wb") as cf, open(err_path, "wb") as ef:
-            for path in paths:
-                name = path.rsplit("/", 1)[-1].replace(".parquet", "")
-                body = dfs.cat_file(f"{droot}/_parts/{name}.jsonl")
-                report.decoded += body.count(b"\n")
-                cf.write(body)
-                if dfs.exists(f"{droot}/_parts/{name}.errors.jsonl"):
-                    ebody = dfs.cat_file(f"{droot}/_parts/{name}.errors.jsonl")
-                    report.errors += ebody.count(b"\n")
-                    ef.write(ebody)
-                    first_errors += ebody.decode().splitlines()[:20 - len(first_errors)]
-        report.records = report.decoded + report.errors
-        if keys is None:
-            report.skipped_error_rows = sum(_stat(sfs, p, "errors") for p in paths)
-        publish_file(dfs, f"{droot}/captions.jsonl", cap_path)
-        if report.errors:
-            publish_file(dfs, f"{droot}/errors.jsonl", err_path)
-            for line in first_errors:
-                print(f"semarc decode: ERROR {line}", flush=True)
+            report.stages = _decode_shards(ray, sfs, sink, dst, pending, profiles, keys, opts, expect)
+    report.decoded, report.errors = sink.on_complete(paths)
+    report.records = report.decoded + report.errors
+    if keys is None:
+        report.skipped_error_rows = sum(_stat(sfs, p, "errors") for p in paths)
     report.seconds = time.time() - t0
-    publish(dfs, f"{droot}/_SUCCESS", json.dumps({"decoded": report.decoded, "errors": report.errors,
-                                                  "shards": report.shards, "refiner": ref_cfg}).encode())
     return report
 
 
@@ -183,41 +148,17 @@ def _shard_index(path: str) -> int | None:
     return int(stem) if stem.isdigit() else None
 
 
-def _fail_shard(dfs, droot: str, path: str, err: ShardError) -> None:
-    """A shard that cannot be read: one error line naming it, and its part
-    published empty (a rerun finds the same bytes)."""
-    name = path.rsplit("/", 1)[-1].replace(".parquet", "")
-    publish(dfs, f"{droot}/_parts/{name}.errors.jsonl",
-            (json.dumps({"key": None, "shard": name, "error": f"shard: {err}"}, ensure_ascii=False) + "\n").encode())
-    publish(dfs, f"{droot}/_parts/{name}.jsonl", b"")
-
-
-def _finish_shard(dfs, droot: str, path: str, ok_keys: list[str], imgs: list, caps: list) -> None:
-    """Publish a shard's part: its decoded captions, then its errors (if any)."""
-    lines, errs = [], []
-    for key, im, cap in zip(ok_keys, imgs, caps):
-        e = [x["error"] for x in (im, cap) if isinstance(x, dict) and "error" in x]
-        if e:
-            errs.append({"key": key, "error": "; ".join(dict.fromkeys(e))})
-        else:
-            lines.append({"key": key, "caption": cap["caption"]})
-    name = path.rsplit("/", 1)[-1].replace(".parquet", "")
-    if errs:
-        publish(dfs, f"{droot}/_parts/{name}.errors.jsonl",
-                "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in errs).encode())
-    publish(dfs, f"{droot}/_parts/{name}.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode())
-
-
-def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], profiles: dict, keys: set | None,
-                   opts: DecodeOptions, ref_cfg: dict | None, expect: dict | None = None) -> dict:
-    """Decode the pending shards through the pools, a window of shards in
-    flight. With a refiner, the image coders return arrays that go straight
-    (object store) to the refiner pool with their captions, and the refined
-    images are written; shards being refined form a second bounded window.
-    Returns the pools' ``stage_report``."""
+def _decode_shards(ray, sfs, sink: DecodeSink, dst: str, pending: list[str], profiles: dict, keys: set | None,
+                   opts: DecodeOptions, expect: dict | None = None) -> dict:
+    """Decode the pending shards through the pools (``scheduler.run_shards``)
+    into ``sink``. With a refiner, the image coders return arrays that go
+    straight (object store) to the refiner pool with their captions, and the
+    refined images are written: refinement is a second step, with a window of
+    its own. Returns the pools' ``stage_report``."""
     from ..workers.pool import (codec_pools, gather, gather_sparse, refiner_pool, stage_report, submit_batches,
                                 submit_sparse)
 
+    ref_cfg = sink.refiner
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), **opts.coding_pools(), captioner=ref_cfg is not None,
                        captioner_batch=opts.image_batch, captioner_pool=opts.refiner_pool,
@@ -234,18 +175,16 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
     if ref_pool is not None:
         ensure_loaded(ray, ref_pool, f"the refiner {opts.refiner!r}")
     cb, ib = specs["caption"].batch_size, specs["image"].batch_size
-    window = 2 * max(len(cap_pool.actors), len(img_pool.actors), len(ref_pool.actors) if ref_pool else 0)
-    queue, inflight, refining = deque(pending), deque(), deque()
     count = lambda got: progress.update(len(got), errors=sum(1 for g in got if "error" in g))  # noqa: E731
 
-    def submit(path: str) -> None:
+    def submit(path: str) -> tuple | None:
         try:
             table, meta = open_shard(sfs, path, columns=["key", "status", "width", "height", "caption", "image"],
                                      expect_rows=(expect or {}).get(path))
         except ShardError as e:
-            _fail_shard(dfs, droot, path, e)
+            sink.write_failed(path, e)
             progress.update(0, errors=1)
-            return
+            return None
         shard_profiles = json.loads(meta["semarc.profiles"])
         rows = [r for r in table.to_pylist() if keys is None or r["key"] in keys]
         ok = [r for r in rows if r["status"] == "ok"]
@@ -257,25 +196,14 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
         else:
             img_calls = submit_batches(img_pool, "decode_arrays", [r["image"] for r in ok], ib, shard_profiles)
         cap_calls = submit_sparse(cap_pool, "decode", [r["caption"] for r in ok], cb, shard_profiles)
-        inflight.append((path, [r["key"] for r in ok], rels, img_calls, cap_calls))
+        return [r["key"] for r in ok], rels, img_calls, cap_calls
 
-    def finish_refined() -> None:
-        path, ok_keys, ref_calls, caps = refining.popleft()
-        imgs = gather(ref_pool, ref_calls, len(ok_keys), count,
-                      on_error=lambda e: {"error": f"refine: {type(e).__name__}: {str(e)[-300:]}"})
-        _finish_shard(dfs, droot, path, ok_keys, imgs, caps)
-
-    while queue or inflight:
-        while queue and len(inflight) < window:
-            submit(queue.popleft())
-        if not inflight:  # the shards submitted last could not be read
-            continue
-        path, ok_keys, rels, img_calls, cap_calls = inflight.popleft()
+    def finish(path: str, work: tuple) -> tuple | None:
+        ok_keys, rels, img_calls, cap_calls = work
         caps = gather_sparse(cap_pool, cap_calls, len(ok_keys), fill={"caption": None})
         if ref_pool is None:
-            imgs = gather(img_pool, img_calls, len(ok_keys), count)
-            _finish_shard(dfs, droot, path, ok_keys, imgs, caps)
-            continue
+            sink.write(path, ok_keys, gather(img_pool, img_calls, len(ok_keys), count), caps)
+            return None
         # each decoded batch goes from the image coder to a refiner without passing through here
         ref_calls = []
         for k, (b, call) in enumerate(img_calls):
@@ -284,11 +212,15 @@ def _decode_shards(ray, sfs, dfs, droot: str, dst: str, pending: list[str], prof
             ref_calls.append((b, ref_pool.submit("refine_to", call, texts, rels[b:end], ok_keys[b:end], dst,
                                                  opts.format)))
             img_pool.done(call)
-        refining.append((path, ok_keys, ref_calls, caps))
-        while len(refining) > window:
-            finish_refined()
-    while refining:
-        finish_refined()
+        return ok_keys, ref_calls, caps
+
+    def finish_refined(path: str, work: tuple) -> None:
+        ok_keys, ref_calls, caps = work
+        imgs = gather(ref_pool, ref_calls, len(ok_keys), count,
+                      on_error=lambda e: {"error": f"refine: {type(e).__name__}: {str(e)[-300:]}"})
+        sink.write(path, ok_keys, imgs, caps)
+
+    run_shards(pending, window_for(ref_pool, cap_pool, img_pool), submit, finish, finish_refined)
     progress.close()
     return stage_report({"refinement": ref_pool, "caption decoding": cap_pool, "image decoding": img_pool},
                         time.time() - t_pools)

@@ -2,17 +2,16 @@
 
 Plan (fixed, reused on rerun) -> per shard, batches to the caption-coding and
 image-coding actor pools (and, with a captioner, first to the captioning pool
-for the records that have no manifest caption) -> rows -> shard published
-atomically with its stats -> job manifest and ``_SUCCESS`` last. Finished shards (published,
-same job id, the planned number of rows) are never redone.
+for the records that have no manifest caption), a window of shards in flight
+(``scheduler.py``) -> rows -> shard published atomically with its stats ->
+job manifest and ``_SUCCESS`` last (``sink.ShardSink``). Finished shards
+(published, same job id, the planned number of rows) are never redone.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import fsspec
@@ -23,7 +22,8 @@ from . import plan as plan_mod
 from .inputs import JobError, iter_inputs
 from .options import EncodeOptions  # noqa: F401 - re-exported: the encode job's options
 from .progress import Progress
-from .shards import FORMAT, list_shards, publish, read_metadata, shard_name, shard_stats, write_shard
+from .scheduler import run_shards, window_for
+from .sink import ShardSink
 
 log = logging.getLogger("semarc.encode")
 
@@ -50,20 +50,6 @@ class JobReport:
     @property
     def exit_code(self) -> int:
         return EXIT_ERROR_ROWS if self.errors else EXIT_OK
-
-
-def _shard_done(fs, root: str, plan: plan_mod.Plan, i: int, published: set[str] | None = None) -> bool:
-    """Shard ``i`` is published, this job's, with the planned number of rows.
-    ``published``: the shard file names listed once (else one lookup each)."""
-    path = f"{root}/{shard_name(i)}.parquet"
-    if not (f"{shard_name(i)}.parquet" in published if published is not None else fs.exists(path)):
-        return False
-    try:
-        kv, n = read_metadata(fs, path)
-        job = json.loads(kv.get("semarc.job", "{}"))
-    except Exception:
-        return False  # unreadable: pending; write_shard then refuses to replace it and says so
-    return job.get("job_id") == plan.job_id and n == plan.shard_len(i)
 
 
 def ensure_loaded(ray, pool, what: str) -> None:
@@ -94,21 +80,16 @@ def _row(rec, cap, img, source: str | None = None) -> dict:
     return row
 
 
-def _published_meanwhile(fs, root: str, plan: plan_mod.Plan, i: int) -> bool:
-    """Shard ``i`` is done now (another driver of this job published it), asked of the storage itself."""
-    fs.invalidate_cache(f"{root}/{shard_name(i)}.parquet")  # object-store lookups are cached by fsspec
-    return _shard_done(fs, root, plan, i)
-
-
-def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], opts: EncodeOptions,
-                   dst: str, report: JobReport) -> plan_mod.Plan:
-    """Encode and publish the pending shards, a window of shards in flight;
-    the pools' ``stage_report`` goes to ``report.stages``. Returns the plan
-    followed: another driver of the same job may have published its plan
-    first, then this one follows it."""
+def _encode_shards(ray, sink: ShardSink, pending: list[int], opts: EncodeOptions, dst: str,
+                   report: JobReport) -> None:
+    """Encode the pending shards through the pools (``scheduler.run_shards``)
+    into ``sink``; the pools' ``stage_report`` goes to ``report.stages``.
+    Another driver of the same job may have published its plan first: then
+    this one follows it (``sink.plan``)."""
     from ..workers.pool import (captioner_pool, codec_pools, gather, gather_sparse, stage_report, submit_batches,
                                 submit_sparse)
 
+    plan = sink.plan
     res = ray.cluster_resources()
     specs = size_pools(res.get("CPU", 1), res.get("GPU", 0), **opts.coding_pools(), captioner=bool(opts.captioner),
                        captioner_batch=opts.captioner_batch, captioner_pool=opts.captioner_pool,
@@ -134,16 +115,15 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     profiles = record.profile_table(cap_pool.first("describe"), image_profile)
     if plan.profiles is None:  # the job starts work: from here on it exists in DST
         plan.profiles = profiles
-        followed = plan_mod.publish_plan(fs, root, plan)
+        followed = plan_mod.publish_plan(sink.fs, sink.root, plan)
         if followed is not plan:  # another driver of this job, started at the same time, published first
             if followed.config != plan.config:
                 raise JobError(f"{dst} holds a job with another configuration {followed.config} (written meanwhile "
                                f"by another driver); rerun with the same options or use a new DST")
             log.warning("another driver of this job published its plan first (job %s); following it",
                         followed.job_id)
-            plan = followed
-            published = {p.rsplit("/", 1)[-1] for p in list_shards(fs, root)}
-            pending = [i for i in range(plan.n_shards) if not _shard_done(fs, root, plan, i, published)]
+            plan = sink.plan = followed
+            pending = sink.pending()
             report.records, report.shards = plan.n_records, plan.n_shards
             report.shards_skipped = plan.n_shards - len(pending)
     if {k: v["fingerprint"] for k, v in plan.profiles.items()} != \
@@ -153,11 +133,8 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
     pending_set = set(pending)
     progress = Progress(plan.n_records, enabled=opts.progress,
                         done=sum(plan.shard_len(i) for i in range(plan.n_shards) if i not in pending_set))
-    window = 2 * max(len(cap_pool.actors), len(img_pool.actors), len(cpt_pool.actors) if cpt_pool else 0)
-    queue = deque(pending)
-    inflight: deque = deque()
 
-    def submit(i: int):
+    def submit(i: int) -> tuple:
         recs = plan.records(i)
         gen = [j for j, r in enumerate(recs) if r.caption is None] if cpt_pool is not None else []
         cpt_calls = submit_batches(cpt_pool, "caption", [recs[j].uri for j in gen],
@@ -170,23 +147,13 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         img_calls = None if text_guided and gen else submit_batches(
             img_pool, "encode", [(r.uri, r.caption) if text_guided else r.uri for r in recs],
             specs["image"].batch_size)
-        inflight.append((i, recs, gen, cpt_calls, cap_calls, img_calls))
+        return recs, gen, cpt_calls, cap_calls, img_calls
 
     def count(got: list) -> None:
         progress.update(len(got), errors=sum(1 for g in got if "error" in g))
 
-    by_other = 0
-    while queue or inflight:
-        while queue and len(inflight) < window:
-            i = queue.popleft()
-            if _published_meanwhile(fs, root, plan, i):  # by another driver of this job: not done twice
-                by_other += 1
-                progress.update(plan.shard_len(i))
-                continue
-            submit(i)
-        if not inflight:
-            continue
-        i, recs, gen, cpt_calls, cap_calls, img_calls = inflight.popleft()
+    def finish(i: int, work: tuple) -> None:
+        recs, gen, cpt_calls, cap_calls, img_calls = work
         texts = [r.caption for r in recs]
         sources: list = [None] * len(recs)
         gen_errors: dict[int, dict] = {}
@@ -207,17 +174,16 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         caps = gather_sparse(cap_pool, cap_calls, len(recs))
         for j, e in gen_errors.items():
             caps[j] = e
-        rows = [_row(r, c, m, s) for r, c, m, s in zip(recs, caps, imgs, sources)]
-        stats = shard_stats(rows)
-        meta = {"semarc.format": FORMAT,
-                "semarc.profiles": json.dumps(plan.profiles, sort_keys=True),
-                "semarc.job": json.dumps({"job_id": plan.job_id, "shard": i, "shards": plan.n_shards,
-                                          "config": plan.config}, sort_keys=True),
-                "semarc.stats": json.dumps(stats, sort_keys=True)}
-        if not write_shard(fs, root, i, rows, meta, {"shard": shard_name(i), **stats}):
-            by_other += 1  # another driver of this job published it first; it is kept
-        if not _shard_done(fs, root, plan, i):  # read back what was published
-            raise JobError(f"shard {shard_name(i)} did not read back after publishing")
+        sink.write(i, [_row(r, c, m, s) for r, c, m, s in zip(recs, caps, imgs, sources)])
+
+    def skip(i: int) -> bool:  # published by another driver of this job: not done twice
+        if not sink.published_meanwhile(i):
+            return False
+        progress.update(plan.shard_len(i))
+        return True
+
+    by_other = run_shards(pending, window_for(cpt_pool, cap_pool, img_pool), submit, finish, skip=skip)
+    by_other += sink.by_other  # and those it published first while this one encoded them: kept
     progress.close()
     if by_other:
         log.warning("%d shard(s) were published by another driver of this job while this one ran; "
@@ -226,8 +192,6 @@ def _encode_shards(ray, fs, root: str, plan: plan_mod.Plan, pending: list[int], 
         report.shards_skipped += by_other
     report.stages = stage_report({"captioning": cpt_pool, "caption coding": cap_pool, "image coding": img_pool},
                                  time.time() - t_pools)
-    return plan
-
 
 
 def run_encode(src: str, dst: str, opts: EncodeOptions | None = None) -> JobReport:
@@ -248,31 +212,15 @@ def _run_encode(src: str, dst: str, opts: EncodeOptions, scratch: str) -> JobRep
         raise JobError(f"{dst} holds a job with another configuration {plan.config}; "
                        f"rerun with the same options or use a new DST")
     report = JobReport(records=plan.n_records, shards=plan.n_shards)
-    published = {p.rsplit("/", 1)[-1] for p in list_shards(fs, root)}
-    pending = [i for i in range(plan.n_shards) if not _shard_done(fs, root, plan, i, published)]
+    sink = ShardSink(fs, root, plan)
+    pending = sink.pending()
     report.shards_skipped = plan.n_shards - len(pending)
 
     if pending:
         with ray_session(opts.address, opts.num_cpus) as ray:
-            plan = _encode_shards(ray, fs, root, plan, pending, opts, dst, report)
-    # totals over every shard (finished earlier or now), from the shards' own footers
-    totals = {"records": 0, "ok": 0, "errors": 0, "caption_fallbacks": 0, "bytes_caption": 0,
-              "bytes_image": 0, "bytes_total": 0, "pixels": 0}
-    for p in list_shards(fs, root):
-        kv, _ = read_metadata(fs, p)
-        s = json.loads(kv["semarc.stats"])
-        for k in totals:
-            totals[k] += s.get(k, 0)
-    totals["bpp"] = 8.0 * totals["bytes_total"] / totals["pixels"] if totals["pixels"] else None
+            _encode_shards(ray, sink, pending, opts, dst, report)
+    report.totals = totals = sink.on_complete()
     report.ok, report.errors = totals["ok"], totals["errors"]
     report.bytes_total, report.pixels = totals["bytes_total"], totals["pixels"]
     report.seconds = time.time() - t0
-    report.totals = totals
-    if totals["records"] != plan.n_records:
-        raise JobError(f"shards hold {totals['records']} records but the plan has {plan.n_records}")
-    manifest = {"job_id": plan.job_id, "config": plan.config, "profiles": plan.profiles,
-                "shards": [shard_name(i) for i in range(plan.n_shards)], "totals": totals,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    publish(fs, f"{root}/_manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
-    publish(fs, f"{root}/_SUCCESS", json.dumps({"job_id": plan.job_id, **totals}, sort_keys=True).encode())
     return report
