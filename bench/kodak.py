@@ -1,7 +1,9 @@
 """``semarc bench kodak --out DIR``: the image codec on Kodak, semarc vs classical codecs.
 
-All 24 Kodak images (``SHARED/kodak/kodim*.png``), or every image of a folder
-(``--images DIR``: any other set, e.g. a corpus's ``images/<source>``). For every shipped semarc rate
+All 24 Kodak images (``SHARED/kodak/kodim*.png``), every image of a folder
+(``--images DIR``: any other set), or the validation split of the training
+corpus (``--corpus DIR``, optionally downscaled to ``--max-side``): the set
+that selects models, where Kodak only reports. For every shipped semarc rate
 point (``codec.image_models.shipped_rate_points()``) each image is encoded by
 ``ImageCoder``; its cost is the whole stored image section (``record.pack_image``:
 header + payload + check). It is decoded back and scored: bpp, PSNR (8-bit RGB),
@@ -379,7 +381,8 @@ def _fmt(v, spec: str) -> str:
 def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baselines: list[str] | None = None,
         points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
         speed_reps: int = 3, command: str | None = None, plot: bool = True, images_dir: str | None = None,
-        which: tuple[str, ...] = METRICS, captions: str | None = None) -> dict:
+        which: tuple[str, ...] = METRICS, captions: str | None = None, corpus: str | None = None,
+        max_side: int | None = None) -> dict:
     import torch
 
     from semarc import metrics
@@ -388,12 +391,19 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
 
     torch.set_num_threads(threads)
     t_start = time.time()
+    if images is None and corpus:  # the corpus's validation split (train/evaluate.py), never Kodak
+        from semarc.train.evaluate import load_split
+
+        split = load_split(corpus, "val", max_side)
+        images = [(it["key"], it["image"]) for it in split]
+        caption_of_split = {it["key"]: it["caption"] for it in split if it["caption"] is not None}
     if images is None:
         images = load_folder(images_dir) if images_dir else load_kodak(shared)
     which = tuple(which)
     if "psnr" not in which or "lpips" not in which or set(which) - set(METRICS):
         raise SystemExit(f"--metrics: psnr and lpips always, plus any of {', '.join(METRICS)}")
-    dataset = str(images_dir) if images_dir else "Kodak"
+    dataset = (f"the validation split of the corpus {corpus}" + (f", long side <= {max_side} px" if max_side else "")
+               if corpus else str(images_dir) if images_dir else "Kodak")
     shipped = image_models.shipped_rate_points()
     requested_points = bool(points)
     points = points or list(shipped)
@@ -408,8 +418,10 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         made, missing = {}, {}
     else:
         made, missing = make_baselines(baselines or BASELINES)
-    captions_file = captions or (None if images_dir else str(Path(shared) / "kodak_captions.csv"))
+    captions_file = captions or (None if images_dir or corpus else str(Path(shared) / "kodak_captions.csv"))
     caption_of = load_captions(captions_file) if captions_file and Path(captions_file).is_file() else {}
+    if corpus and not captions:  # the corpus's own captions (train/corpus_captions.jsonl)
+        captions_file, caption_of = "train/corpus_captions.jsonl", caption_of_split
     metrics.Scorer(images[0][1], which)  # load the metrics' weights up front: a missing package fails here
     result = {
         "command": command or (f"semarc bench kodak --out {out_dir} --shared {shared} --threads {threads}"
@@ -418,6 +430,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                                + (f" --baselines {','.join(baselines)}" if baselines else "")
                                + (f" --points {','.join(points)}" if requested_points else "")
                                + (f" --images {images_dir}" if images_dir else "")
+                               + (f" --corpus {corpus}" if corpus else "") + (f" --max-side {max_side}" if max_side else "")
                                + (f" --metrics {','.join(which)}" if which != METRICS else "")),
         "dataset": dataset,
         "machine": machine(), "torch_threads": threads, "versions": versions(),

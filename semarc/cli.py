@@ -230,7 +230,7 @@ def cmd_bench(args) -> int:
                   baselines=args.baselines.split(",") if args.baselines else None,
                   points=args.points.split(",") if args.points else None, images_dir=args.images,
                   which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS,
-                  captions=args.captions, speed_reps=args.speed_reps)
+                  captions=args.captions, speed_reps=args.speed_reps, corpus=args.corpus, max_side=args.max_side)
         return EXIT_OK
     if args.what == "fuzz":
         from semarc.bench import fuzz
@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--captions", default=None, metavar="FILE",
                    help="kodak: the images' captions for text-guided points (CSV image,caption or JSONL key,caption; "
                         "default for Kodak: SHARED/kodak_captions.csv)")
+    b.add_argument("--corpus", default=None, metavar="DIR",
+                   help="kodak: the validation split of the corpus `semarc corpus DIR` built, instead of Kodak")
+    b.add_argument("--max-side", type=int, default=None,
+                   help="kodak --corpus: downscale images whose long side is larger to this (Lanczos)")
     b.add_argument("--speed-reps", type=int, default=3,
                    help="kodak: rounds of the speed measurement, best of them (default 3; 0: none)")
     b.add_argument("--points", default=None,

@@ -96,3 +96,18 @@ def test_eval_every_needs_a_corpus(tmp_path, small_corpus):
     args = p.parse_args(["--run", str(tmp_path / "r"), "--photos", str(tmp_path / "none*.png"), "--eval-every", "2"])
     with pytest.raises((SystemExit, ValueError)):
         train.train(args)
+
+
+def test_bench_kodak_runs_on_the_validation_split(tmp_path, small_corpus):
+    from semarc.bench import kodak
+
+    val = sorted(r["key"] for r in corpus.read_manifest(small_corpus, "val"))
+    r = kodak.run(str(tmp_path / "out"), baselines=["jpeg"], points=["semarc-f1"], corpus=small_corpus, max_side=64,
+                  which=("psnr", "lpips"), speed_reps=0, plot=False)
+    assert r["images"] == val and len(val) == 2  # the held-out photos alone, never a training one
+    assert r["dataset"].startswith("the validation split of the corpus") and "<= 64 px" in r["dataset"]
+    assert r["command"].endswith(f"--corpus {small_corpus} --max-side 64 --metrics psnr,lpips")
+    sizes = {x["image"]: x for x in r["per_image"] if x["codec"] == "semarc"}
+    assert set(sizes) == set(val)
+    args = build_parser().parse_args(["bench", "kodak", "--out", "x", "--corpus", "d", "--max-side", "768"])
+    assert (args.corpus, args.max_side) == ("d", 768)
