@@ -6,5 +6,5 @@
 set -euo pipefail
 exec semarc train-codec --run train_runs/q1-taco --arch text-checkerboard --N 128 --M 192 --batch 8 --crop 256 \
   --train-part encoder --hyper-input rounded --init codec/weights/semarc-h05c.pt --lmbda 0.00015 --lpips-weight 0.09 \
-  --lr 5e-5 --lr-fresh 1e-3 --steps 600 --lr-drop-step 540 --log-every 25 --save-every 25 --threads 1 \
+  --lr 5e-5 --lr-fresh 1e-3 --steps 500 --lr-drop-step 500 --log-every 25 --save-every 25 --threads 1 \
   --corpus ~/.cache/semarc/corpus --export train_runs/q1-taco/q1-taco.pt "$@"
