@@ -320,3 +320,15 @@ def test_a_nonfinite_step_is_skipped_and_logged(tmp_path, photos, monkeypatch):
     assert all(bool(torch.isfinite(v).all()) for v in st["model"].values() if v.is_floating_point())
     last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert last["skipped_nonfinite"] == 1 and math.isfinite(last["loss"])
+
+
+def test_a_run_whose_state_is_lost_is_not_restarted_over_its_log(tmp_path, photos):
+    """A run folder copied without its state.pt (another machine) would start
+    again from step 0 and write steps its log already has: refused."""
+    run = tmp_path / "run"
+    train.train(_args(run, photos, "--steps", "2"))
+    (run / "state.pt").unlink()
+    log = (run / "log.jsonl").read_text()
+    with pytest.raises(SystemExit, match="no state.pt"):
+        train.train(_args(run, photos, "--steps", "4"))
+    assert (run / "log.jsonl").read_text() == log

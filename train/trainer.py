@@ -5,7 +5,8 @@ loss = lambda * 255^2 * MSE + W * LPIPS-Alex + bpp (``--lpips-weight W``,
 default 0: rate-distortion with MSE only), checkpointing model, optimisers, step and
 every RNG state to ``DIR/state.pt`` so that a run stopped at any point resumes
 exactly (same batches, same updates) with the same command. ``DIR/log.jsonl``
-gets one line per logging interval. ``--export PATH`` writes the shippable
+gets one line per logging interval; a folder with a log but no ``state.pt``
+(copied without it) is refused rather than started again over its log. ``--export PATH`` writes the shippable
 fp16 checkpoint with its training summary.
 
 Perceptual fine-tuning: ``--init CKPT --lpips-weight W`` starts from a trained
@@ -495,7 +496,11 @@ def train(args) -> dict:
         torch.set_rng_state(st["torch_rng"])
         step = st["step"]
         print(f"resumed {run} at step {step}", flush=True)
-    elif args.init:
+    elif (run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().strip():
+        # a fresh start would write steps the log already has: the state was lost (another machine?)
+        raise SystemExit(f"{run} has a training log but no state.pt to resume from (was the run made on another "
+                         f"machine?): restore its state.pt, or train in a new --run folder")
+    if not state_path.exists() and args.init:
         init = image_models.load_checkpoint(args.init)
         loaded = init_from(net, args.arch, init)
         net.to(device)
