@@ -295,23 +295,22 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
     from semarc.codec import record
 
     net = coder.net
-    text_of = {id(a): t for (_, a), t in zip(images, texts or [None] * len(images))}
 
-    def _texts(a):
+    def _texts(k):  # the text encoder's cost counts: its cache emptied before each encode
         if not coder.text_guided:
             return None
-        coder.text_encoder()._cache.clear()
-        return [text_of[id(a)]]
+        coder.text_encoder().cache.clear()
+        return [texts[k] if texts else None]
 
     def to_x(a):
         return torch.from_numpy(np.array(a)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
-    def s_enc(a):
-        c = coder.encode_batch([a], texts=_texts(a))[0]
+    def s_enc(a, k):
+        c = coder.encode_batch([a], texts=_texts(k))[0]
         return record.pack_image(c.payload, c.check)
 
-    def s_enc_nv(a):
-        c = coder.encode_batch([a], verify=False, texts=_texts(a))[0]
+    def s_enc_nv(a, k):
+        c = coder.encode_batch([a], verify=False, texts=_texts(k))[0]
         return record.pack_image(c.payload, c.check)
 
     def s_dec(sec):
@@ -332,9 +331,9 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
     same_strings = same_pixels = 0  # images whose y string / decoded pixels match CompressAI's (first round)
     for rep in range(reps):
         tot = {n: 0.0 for n in names}
-        for _, a in images:
-            t = time.perf_counter(); sec = s_enc(a); tot["semarc-encode"] += time.perf_counter() - t
-            t = time.perf_counter(); s_enc_nv(a); tot["semarc-encode-noverify"] += time.perf_counter() - t
+        for k, (_, a) in enumerate(images):
+            t = time.perf_counter(); sec = s_enc(a, k); tot["semarc-encode"] += time.perf_counter() - t
+            t = time.perf_counter(); s_enc_nv(a, k); tot["semarc-encode-noverify"] += time.perf_counter() - t
             t = time.perf_counter(); r = c_enc(a); tot["compressai-compress"] += time.perf_counter() - t
             t = time.perf_counter(); back = s_dec(sec); tot["semarc-decode"] += time.perf_counter() - t
             t = time.perf_counter(); back_c = c_dec(r); tot["compressai-decompress"] += time.perf_counter() - t
@@ -447,11 +446,12 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                  "over the quality parameter); otherwise the lowest quality, not reached",
         "rows": [], "per_image": [], "speed": {}, "points": {},
     }
-    variants = []  # (row label, checkpoint, texts by image or None)
+    variants = []  # (row label, checkpoint, coder, texts by image or None)
     for point in points:
         label = Path(point).stem if point.endswith(".pt") else point
-        if "text_encoder" not in image_models.load_checkpoint_config(point):
-            variants.append((label, point, None))
+        coder = ImageCoder(point)
+        if not coder.text_guided:
+            variants.append((label, point, coder, None))
             continue
         names = [n for n, _ in images]
         missing_caps = [n for n in names if n not in caption_of]
@@ -459,14 +459,12 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
             raise SystemExit(f"{point} is text-guided: give --captions with a caption for every image "
                              f"(none for {', '.join(missing_caps[:5])})")
         right = [caption_of[n] for n in names]
-        variants += [(label, point, right), (f"{label}-wrong-caption", point,
+        variants += [(label, point, coder, right), (f"{label}-wrong-caption", point, coder,
                                              [right[(i + len(right) // 2) % len(right)] for i in range(len(right))])]
-    if any(t is not None for _, _, t in variants):
+    if any(t is not None for *_, t in variants):
         result["captions"] = {"file": str(captions_file), "wrong_caption": "the caption of the image len/2 places on "
                                                                       "in the sorted list"}
-    coders: dict = {}
-    for point, ckpt, texts in variants:
-        coder = coders.get(ckpt) or coders.setdefault(ckpt, ImageCoder(ckpt))
+    for point, ckpt, coder, texts in variants:
         result["points"][point] = {"fingerprint": coder.describe()["fingerprint"], "arch": coder.model.arch,
                                    "config": coder.model.config, "checkpoint": ckpt,
                                    **({"text": "wrong caption" if point.endswith("-wrong-caption") else "caption"}

@@ -68,6 +68,17 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     return net
 
 
+def analysis(net, x: torch.Tensor, text: tuple | None = None) -> torch.Tensor:
+    """The latent of ``x``: ``g_a(x)``, or a text-guided network's analysis
+    (``text_guided``) guided by ``text`` = (token embeddings (B, L, D),
+    padding mask or None). The coder and the trainer both call this."""
+    if hasattr(net, "analysis"):
+        if text is None:
+            raise ValueError("this codec point is text-guided: its encoder needs the captions")
+        return net.analysis(x, *text)
+    return net.g_a(x)
+
+
 def hyper_analysis_input(net, y: torch.Tensor) -> torch.Tensor:
     """What ``net.h_a`` reads for the latent ``y``: ``|y|``, or ``|round(y)|``
     for a network built with ``hyper_input: rounded`` (a straight-through
@@ -206,18 +217,6 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
     net.eval()
     return LoadedModel(name=name or Path(path).stem, arch=blob["arch"], config=blob["config"],
                        net=net, fingerprint=fp, meta=json.loads(blob.get("meta") or "{}"))
-
-
-def load_checkpoint_config(name: str) -> dict:
-    """The architecture config of a codec by ``--codec`` name or checkpoint
-    path, without building its network ({} for a CompressAI zoo model)."""
-    from . import zoo as semarc_zoo
-
-    path = shipped_rate_points().get(semarc_zoo.checkpoint_id(name)) or (Path(name) if name.endswith(".pt") else None)
-    if path is None or not Path(path).is_file():
-        return {}
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(blob.get("config") or {}) if isinstance(blob, dict) else {}
 
 
 def shipped_rate_points() -> dict[str, Path]:

@@ -104,14 +104,11 @@ class LatentCodec:
         return self.net.g_s(y_hat)
 
     def analyze(self, x: torch.Tensor, text: tuple | None = None) -> torch.Tensor:
-        """The latent of ``x``: ``g_a(x)``, or for a text-guided network
-        (``text_guided``) its analysis guided by ``text`` = (token embeddings
-        (B, L, D), padding mask or None)."""
-        if hasattr(self.net, "analysis"):
-            if text is None:
-                raise ImageCodecError("this codec point is text-guided: its encoder needs the captions")
-            return self.net.analysis(x, *text)
-        return self.net.g_a(x)
+        """``image_models.analysis``, its refusal an ``ImageCodecError``."""
+        try:
+            return image_models.analysis(self.net, x, text)
+        except ValueError as e:
+            raise ImageCodecError(str(e)) from e
 
 
 class Factorized(LatentCodec):

@@ -64,7 +64,7 @@ class TextEncoder:
     model: torch.nn.Module
     tokenizer: object
     max_tokens: int = MAX_TOKENS
-    _cache: dict = field(default_factory=dict, repr=False)
+    cache: dict = field(default_factory=dict, repr=False)  # embeddings by text (a benchmark empties it)
 
     @functools.cached_property
     def dim(self) -> int:
@@ -81,15 +81,15 @@ class TextEncoder:
         empty text has some), float32 (tokens, dim) on the CPU."""
         if not isinstance(text, str):
             raise TypeError(f"a caption must be text, not {type(text).__name__}")
-        got = self._cache.get(text)
+        got = self.cache.get(text)
         if got is None:
             ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_tensors="pt")
             ids = {k: v for k, v in ids.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
             if self.kind == "clip":
                 ids.pop("token_type_ids", None)
             got = self.model(**ids).last_hidden_state[0].float().contiguous()
-            if len(self._cache) < 100_000:
-                self._cache[text] = got
+            if len(self.cache) < 100_000:
+                self.cache[text] = got
         return got
 
 

@@ -149,12 +149,6 @@ def _ste(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return v + (q - v).detach()
 
 
-def _analysis(net, x, text=None):
-    """``g_a(x)``, or a text-guided network's analysis guided by ``text``
-    (token embeddings and padding mask, ``codec.text_guided.batch_texts``)."""
-    return net.analysis(x, *text) if hasattr(net, "analysis") else net.g_a(x)
-
-
 def _mixed_forward(net, x, text=None):
     """(x_hat, likelihoods) with mixed quantisation: the rate from the latents
     plus uniform noise (CompressAI's differentiable proxy), the synthesis (and,
@@ -162,7 +156,7 @@ def _mixed_forward(net, x, text=None):
     coder (``codec/image.py``) rounds them with, through a straight-through
     gradient."""
     eb = net.entropy_bottleneck
-    y = _analysis(net, x, text)
+    y = image_models.analysis(net, x, text)
     if hasattr(net, "h_a"):
         z = net.h_a(image_models.hyper_analysis_input(net, y))
         _, z_l = eb(z)
@@ -182,7 +176,7 @@ def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str
     sees the rounded latents it decodes in use, the rate keeps the noise proxy).
     ``lpips`` (the batch mean of LPIPS-Alex between reconstruction and input) is
     computed, differentiably, only when ``lpips_net`` is given; otherwise None.
-    ``text``: a text-guided network's captions (``_analysis``; mixed only)."""
+    ``text``: a text-guided network's captions (``image_models.analysis``; mixed only)."""
     if quant == "mixed":
         x_hat, likelihoods = _mixed_forward(net, x, text)
     else:
