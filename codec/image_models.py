@@ -213,7 +213,14 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
     sd = blob["state_dict"]
     fp = _fingerprint(blob["arch"], blob["config"], state_dict_digest(sd))
     net = build(blob["arch"], blob["config"])
+    # the entropy models' likelihood floors (1e-9) are fp16 zeros in the file: keep the architecture's, so a
+    # loaded model's likelihoods (training from it, not coding: the coder reads the CDF tables) never reach 0
+    floors = {k: v.clone() for k, v in net.named_buffers() if k.endswith("likelihood_lower_bound.bound")}
     net.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()})
+    with torch.no_grad():
+        for k, v in net.named_buffers():
+            if k in floors:
+                v.copy_(floors[k])
     net.eval()
     return LoadedModel(name=name or Path(path).stem, arch=blob["arch"], config=blob["config"],
                        net=net, fingerprint=fp, meta=json.loads(blob.get("meta") or "{}"))

@@ -332,3 +332,27 @@ def test_a_run_whose_state_is_lost_is_not_restarted_over_its_log(tmp_path, photo
     with pytest.raises(SystemExit, match="no state.pt"):
         train.train(_args(run, photos, "--steps", "4"))
     assert (run / "log.jsonl").read_text() == log
+
+
+@pytest.mark.parametrize("arch", ["factorized", "hyperprior", "checkerboard"])
+def test_a_loaded_point_keeps_its_likelihood_floor(tmp_path, arch):
+    """Checkpoints store floats in fp16, where the entropy models' likelihood
+    floor (1e-9) is 0: a loaded point keeps the architecture's floor, so a
+    symbol far outside its predicted distribution has a finite cost in the
+    rate a run trains or logs (it had logged bpp = inf, and made a rate loss
+    non-finite), while the fingerprint and the coding tables are the file's."""
+    torch.manual_seed(0)
+    cfg = {"N": 8, "M": 12}
+    path = tmp_path / "p.pt"
+    fp = image_models.save_checkpoint(path, arch, cfg, image_models.build(arch, cfg), meta={})
+    m = image_models.load_checkpoint(path)
+    assert m.fingerprint == fp
+    stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    floors = {k: v for k, v in m.net.state_dict().items() if k.endswith("likelihood_lower_bound.bound")}
+    assert floors and all(float(stored[k]) == 0.0 and float(v) == pytest.approx(1e-9) for k, v in floors.items())
+    y = torch.full((1, 12, 2, 2), 1e4)  # far beyond any table: its exact likelihood underflows to 0
+    if arch == "factorized":
+        _, lik = m.net.entropy_bottleneck(y, training=False)
+    else:
+        _, lik = m.net.gaussian_conditional(y, torch.full_like(y, 0.2), training=False)
+    assert float(lik.min()) > 0 and math.isfinite(float(-torch.log2(lik).sum()))

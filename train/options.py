@@ -42,6 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(hyper-transforms, hyper-latent density, a checkerboard context) for the rate of the "
                         "rounded latents, from --init (a hyperprior point seeds a checkerboard run whole): the "
                         "pixels stay the --init point's, the bytes shrink")
+    p.add_argument("--adv-weight", type=float, default=0.0, metavar="W",
+                   help="with --train-part decoder: add W times an adversarial term (a conditional PatchGAN "
+                        "discriminator on the image and its rounded latent, HiFiC-style, trained alongside; "
+                        "train/adversarial.py) to the decoder's loss; the bytes stay --init's (default 0: none)")
+    p.add_argument("--adv-warmup", type=int, default=0, metavar="K",
+                   help="with --adv-weight: the first K steps train the discriminator alone (the decoder's "
+                        "updates are those of the run without it)")
+    p.add_argument("--disc-lr", type=float, default=1e-4, help="with --adv-weight: the discriminator's learning "
+                   "rate (Adam, betas 0.5/0.999; drops tenfold with the decoder's)")
     p.add_argument("--entropy-data", default="crops", choices=["crops", "latents"],
                    help="what --train-part entropy learns from: crops (default; random photo crops at a random "
                         "scale, coded as images of their own) or latents (windows of the latents of whole photos "

@@ -40,6 +40,9 @@ analysis transform and the entropy model frozen, ``g_s`` learns from exactly
 what it will decode, at a fraction of a joint step's cost, and the exported
 point writes the same bytes as ``CKPT`` (its fingerprint differs: the pixels
 do). The run's ``bpp`` is then the real symbols' rate, a constant of the run.
+``--adv-weight W`` adds a HiFiC-style adversarial term to such a run: a
+conditional PatchGAN discriminator trained alongside (``train/adversarial.py``;
+its state is in ``state.pt``, not in the exported point).
 
 Entropy-model training: ``--train-part entropy --init CKPT`` trains, for
 the rate alone, everything but the transforms: the hyper-analysis and
@@ -279,23 +282,36 @@ def sample_latents(latents: list[torch.Tensor], batch: int, crop: int, gen: torc
     return torch.stack(ys)
 
 
-def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0):
-    """``rd_loss`` for a run that trains ``g_s`` alone (``--train-part decoder``):
+def decoder_latents(net, x):
+    """The rounded latent ``y_hat`` a decoder-only run decodes, and its rate:
     the encoder and the entropy model run without gradients and quantise as the
     coder does (``round(y)`` for a hyperprior, ``round(y - median) + median`` for
     a factorized prior). ``bpp``, the rate of those symbols, is logged only: it
-    does not depend on ``g_s``, so the loss leaves it out."""
+    does not depend on ``g_s``."""
     with torch.no_grad():
         y = net.g_a(x)
         if hasattr(net, "h_a"):
             z_hat, z_l = net.entropy_bottleneck(net.h_a(image_models.hyper_analysis_input(net, y)), training=False)
             y_hat, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, torch.round(y)), training=False)
-            bpp = _bpp([y_l, z_l], x)
-        else:
-            y_hat, y_l = net.entropy_bottleneck(y, training=False)
-            bpp = _bpp([y_l], x)
-    loss, mse, lp = _rd(net.g_s(y_hat), x, 0.0, lmbda, lpips_net, lpips_weight)
-    return loss, bpp, mse, lp
+            return y_hat, _bpp([y_l, z_l], x)
+        y_hat, y_l = net.entropy_bottleneck(y, training=False)
+        return y_hat, _bpp([y_l], x)
+
+
+def decoder_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, adversary=None, adv_weight: float = 0.0):
+    """``rd_loss`` for a run that trains ``g_s`` alone (``--train-part decoder``),
+    on ``decoder_latents``; the rate is left out of the loss. With an
+    ``adversary`` (``train/adversarial.py``) and ``adv_weight`` > 0 the loss adds
+    ``adv_weight`` times its decoder term. Returns (loss, bpp, mse, lpips,
+    adversarial term or None, x_hat, y_hat)."""
+    y_hat, bpp = decoder_latents(net, x)
+    x_hat = net.g_s(y_hat)
+    loss, mse, lp = _rd(x_hat, x, 0.0, lmbda, lpips_net, lpips_weight)
+    adv = None
+    if adversary is not None and adv_weight:
+        adv = adversary.generator_loss(x_hat, y_hat)
+        loss = loss + adv_weight * adv
+    return loss, bpp, mse, lp, adv, x_hat, y_hat
 
 
 def lpips_network():
@@ -309,7 +325,7 @@ def lpips_network():
 # runs made before an option existed keep their configuration and resume unchanged.
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
                     "entropy_data": "crops", "hyper_input": "latent", "corpus": None, "captions": None,
-                    "text_encoder": None}
+                    "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -350,7 +366,7 @@ def run_config(args) -> dict:
         raise SystemExit("--captions and --text-encoder are for --arch text-checkerboard")
     for key, default in _RECORDED_IF_SET.items():
         value = getattr(args, key, default) or default
-        if key == "lpips_weight":
+        if key in ("lpips_weight", "adv_weight", "disc_lr"):
             value = float(value)
         if value != default:
             config[key] = value
@@ -424,6 +440,12 @@ def train(args) -> dict:
     if config.get("hyper_input", "latent") != "latent" and part == "all" and config.get("quant", "noise") == "noise":
         raise SystemExit("--hyper-input rounded needs the rounded latent in training: use --quant mixed "
                          "or a --train-part run")
+    adv_weight = config.get("adv_weight", 0.0)
+    if (adv_weight or "adv_warmup" in config or "disc_lr" in config) and not decoder_only:
+        raise SystemExit("--adv-weight trains the synthesis against a discriminator with the bytes kept: "
+                         "--train-part decoder (and --adv-weight > 0 for --adv-warmup/--disc-lr)")
+    if ("adv_warmup" in config or "disc_lr" in config) and not adv_weight:
+        raise SystemExit("--adv-warmup and --disc-lr are for an adversarial run: give --adv-weight W > 0")
     if entropy_only and lpips_weight:
         raise SystemExit("--train-part entropy trains for the rate alone: --lpips-weight plays no part in it")
     if entropy_only and args.arch == "factorized":
@@ -477,6 +499,12 @@ def train(args) -> dict:
     base_lrs = [g["lr"] for g in groups]
     opt = torch.optim.Adam(groups)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
+    adversary = None
+    if adv_weight:
+        from .adversarial import Adversary
+
+        adversary = Adversary(config["M"], adv_weight, config.get("adv_warmup", 0), config.get("disc_lr", 1e-4),
+                              args.seed, device)
     gen = torch.Generator().manual_seed(args.seed)
     step = 0
     state_path = run / "state.pt"
@@ -486,6 +514,8 @@ def train(args) -> dict:
         opt.load_state_dict(st["opt"])
         if aux_opt is not None:
             aux_opt.load_state_dict(st["aux_opt"])
+        if adversary is not None:
+            adversary.load_state_dict(st["adversary"])
         gen.set_state(st["gen"])
         torch.set_rng_state(st["torch_rng"])
         step = st["step"]
@@ -513,12 +543,13 @@ def train(args) -> dict:
     def save():
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict() if aux_opt else None,
-                    "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+                    "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                    **({"adversary": adversary.state_dict()} if adversary is not None else {})}, tmp)
         os.replace(tmp, state_path)
 
     net.train()
     log = open(run / "log.jsonl", "a")
-    t0, acc, skipped = time.time(), [], 0
+    t0, acc, adv_acc, skipped = time.time(), [], [], 0
     started = time.time()
     deadline = started + args.max_minutes * 60 if args.max_minutes else None
     drop_at = int(0.9 * args.steps) if args.lr_drop_step is None else args.lr_drop_step
@@ -539,7 +570,9 @@ def train(args) -> dict:
             sample_batch(photos, args.batch, args.crop, gen, which)
         opt.zero_grad()
         if decoder_only:
-            loss, bpp, mse, lp = decoder_loss(net, x, args.lmbda, lpips_net, lpips_weight)
+            loss, bpp, mse, lp, adv, x_hat, y_hat = decoder_loss(
+                net, x, args.lmbda, lpips_net, lpips_weight, adversary,
+                adversary.weight_at(step) if adversary is not None else 0.0)
         elif entropy_only:
             loss, bpp, mse, lp = entropy_loss(net, y=x) if latent_data else entropy_loss(net, x)
         else:  # joint, or the encoder side alone (always against the rounded latents it codes)
@@ -555,6 +588,11 @@ def train(args) -> dict:
             opt.step()
         else:
             skipped += 1
+        if adversary is not None:  # then the discriminator, on the decodes before this update
+            d = adversary.discriminator_step(x, x_hat, y_hat, 0.1 if step >= drop_at else 1.0)
+            if d.pop("finite") and finite:
+                adv_acc.append(torch.stack([adv.detach() if adv is not None else torch.full((), float("nan")),
+                                            *d.values()]))
         if aux_opt is not None:
             aux_opt.zero_grad()
             aux = net.aux_loss()
@@ -571,13 +609,14 @@ def train(args) -> dict:
             rec = {"step": step, "loss": round(a[0], 5), "bpp": round(a[1], 5),
                    **({"psnr": round(10 * math.log10(1 / max(a[2], 1e-10)), 3)} if not entropy_only else {}),
                    **({"lpips": round(a[3], 5)} if lpips_net is not None else {}),
+                   **(_adv_record(adv_acc) if adversary is not None else {}),
                    "aux": round(float(aux.detach()), 3), "steps_per_s": round(len(acc) / (time.time() - t0), 3),
                    **({"skipped_nonfinite": skipped} if skipped else {}),
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
-            t0, acc, skipped = time.time(), [], 0
+            t0, acc, adv_acc, skipped = time.time(), [], [], 0
         if step % args.save_every == 0:
             save()
         if eval_every and step % eval_every == 0:
@@ -591,6 +630,17 @@ def train(args) -> dict:
     if args.export:
         return export(run, args.export, args)
     return {"step": step}
+
+
+def _adv_record(rows: list) -> dict:
+    """The adversarial part of a log line: the decoder's term (``adv``; absent
+    during the warm-up), the discriminator's loss and the mean probabilities it
+    gave real crops and their decodes."""
+    if not rows:
+        return {}
+    a = torch.stack(rows).double().cpu().numpy()
+    out = {} if np.isnan(a[:, 0]).all() else {"adv": round(float(np.nanmean(a[:, 0])), 5)}
+    return {**out, **{k: round(float(v), 4) for k, v in zip(("d_loss", "d_real", "d_fake"), a[:, 1:].mean(0))}}
 
 
 def _evaluate_in_process(run: Path, args) -> None:
