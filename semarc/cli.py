@@ -230,7 +230,8 @@ def cmd_bench(args) -> int:
                   baselines=args.baselines.split(",") if args.baselines else None,
                   points=args.points.split(",") if args.points else None, images_dir=args.images,
                   which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS,
-                  captions=args.captions, speed_reps=args.speed_reps, corpus=args.corpus, max_side=args.max_side)
+                  captions=args.captions, speed_reps=args.speed_reps, corpus=args.corpus, max_side=args.max_side,
+                  command=args.command_line)
         return EXIT_OK
     if args.what == "fuzz":
         from semarc.bench import fuzz
