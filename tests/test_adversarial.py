@@ -13,23 +13,10 @@ import torch
 from semarc.codec import image_models
 from semarc.train import trainer as train
 from semarc.train.adversarial import Adversary, ConditionalPatchDiscriminator
+from test_train import _args as train_args
+from test_train import photos  # noqa: F401  (the synthetic training photos fixture)
 
 pytest.importorskip("compressai")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Four small synthetic photos (smooth gradients plus texture), never Kodak."""
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:96, 0:112].astype(np.float32)
-    for i in range(4):
-        base = np.stack([np.sin(xx / (7 + 3 * i) + c) * np.cos(yy / (5 + 2 * i) - c) for c in range(3)], -1)
-        img = (127 + 90 * base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(d / f"p{i}.png")
-    return str(d / "*.png")
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +29,7 @@ def init(tmp_path_factory):
 
 
 def _args(run, photos, init, *extra):
-    p = argparse.ArgumentParser()
-    train.add_arguments(p)
-    return p.parse_args(["--run", str(run), "--photos", photos, "--N", "8", "--M", "12", "--batch", "2",
-                         "--crop", "64", "--lr", "1e-3", "--log-every", "2", "--save-every", "2",
-                         "--arch", "hyperprior", "--train-part", "decoder", "--init", init, *extra])
+    return train_args(run, photos, "--arch", "hyperprior", "--train-part", "decoder", "--init", init, *extra)
 
 
 def _state(run):
