@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Start or resume the joint fine-tuning of semarc-h10c on the corpus's train split (82 photos): every part
+# (analysis, synthesis, hyperprior, checkerboard context) with mixed quantisation, at semarc-h10c's last joint
+# loss (lambda 0.0006, LPIPS weight 0.3). The learning rate drops tenfold at step 1150.
+# Run from the project's root, venv active, the corpus built by `semarc corpus ~/.cache/semarc/corpus`.
+# One CPU thread. Stop it with kill PID; run this again to resume exactly.
+set -euo pipefail
+exec semarc train-codec --run train_runs/q2-joint --arch checkerboard --N 128 --M 192 --batch 8 --crop 256 \
+  --quant mixed --hyper-input rounded --init codec/weights/semarc-h10c.pt --lmbda 0.0006 --lpips-weight 0.3 \
+  --lr 1e-4 --steps 1400 --lr-drop-step 1150 --log-every 25 --save-every 25 --threads 1 \
+  --corpus ~/.cache/semarc/corpus --export train_runs/q2-joint/q2-joint.pt "$@"
