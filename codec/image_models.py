@@ -31,6 +31,7 @@ CKPT_FORMAT = "semarc-image-ckpt/1"
 
 
 HYPER_INPUTS = ("latent", "rounded")
+MEANS = ("none", "hyper")
 
 
 def build(arch: str, config: dict) -> torch.nn.Module:
@@ -41,12 +42,19 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     optionally ``hyper_input``: what the hyper-analysis ``h_a`` reads,
     ``latent`` (the default, CompressAI's ``|y|``) or ``rounded``
     (``|round(y)|``, the symbols the coder writes). It is encoder-side only:
-    the decoder never runs ``h_a``, so both decode with the same code."""
+    the decoder never runs ``h_a``, so both decode with the same code.
+    For ``checkerboard``, optionally ``means``: ``none`` (the default: a
+    zero-mean Gaussian, the latent itself rounded) or ``hyper`` (a mean per
+    element predicted from the hyper-latent, as Minnen et al. 2018: the coded
+    symbols are ``round(y - mean)`` and the decoder adds the mean back)."""
     from compressai.models import FactorizedPrior, ScaleHyperprior
 
     hyper_input = config.get("hyper_input", "latent")
     if hyper_input not in HYPER_INPUTS or (hyper_input != "latent" and arch == "factorized"):
         raise ValueError(f"hyper_input {hyper_input!r} does not fit architecture {arch!r}")
+    means = config.get("means", "none")
+    if means not in MEANS or (means != "none" and arch != "checkerboard"):
+        raise ValueError(f"means {means!r} does not fit architecture {arch!r}")
     if arch == "factorized":
         return FactorizedPrior(int(config["N"]), int(config["M"]))
     if arch == "hyperprior":
@@ -55,7 +63,7 @@ def build(arch: str, config: dict) -> torch.nn.Module:
         # hyper-transforms; decoded bit-exactly by ``image.ImageCoder``.
         net = ScaleHyperprior(int(config["N"]), int(config["M"]))
     elif arch == "checkerboard":
-        net = _checkerboard_class()(int(config["N"]), int(config["M"]))
+        net = _checkerboard_class()(int(config["N"]), int(config["M"]), means=means == "hyper")
     elif arch == "text-checkerboard":
         from .text_guided import network_class
 
@@ -79,13 +87,25 @@ def analysis(net, x: torch.Tensor, text: tuple | None = None) -> torch.Tensor:
     return net.g_a(x)
 
 
-def hyper_analysis_input(net, y: torch.Tensor) -> torch.Tensor:
-    """What ``net.h_a`` reads for the latent ``y``: ``|y|``, or ``|round(y)|``
-    for a network built with ``hyper_input: rounded`` (a straight-through
-    gradient reaches ``y`` in training)."""
+def hyper_analysis(net, y: torch.Tensor) -> torch.Tensor:
+    """The hyper-latent ``z`` (before quantisation) of the latent ``y``:
+    ``h_a`` reads ``|y|``, or ``|round(y)|`` for a network built with
+    ``hyper_input: rounded`` (a straight-through gradient reaches ``y`` in
+    training). A network with means also reads the signed value, through
+    ``h_sign``, whose output joins ``h_a``'s first layer's: the sign is what a
+    mean needs and ``|y|`` drops. Encoder-side only: the decoder never runs it."""
     if getattr(net, "hyper_input", "latent") == "rounded":
         y = y + (torch.round(y) - y).detach()
-    return torch.abs(y)
+    if getattr(net, "h_sign", None) is None:
+        return net.h_a(torch.abs(y))
+    return net.h_a[1:](net.h_a[0](torch.abs(y)) + net.h_sign(y))
+
+
+def latent_means(net, z_hat: torch.Tensor) -> torch.Tensor | None:
+    """The latent's means predicted from the decoded hyper-latent (``means:
+    hyper``), or None for a zero-mean network."""
+    h_m = getattr(net, "h_m", None)
+    return None if h_m is None else h_m(z_hat)
 
 
 from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
@@ -108,7 +128,7 @@ def _checkerboard_class():
         passes, each fully parallel: decoding costs one more entropy-decoder
         call and a few convolutions on the latent grid."""
 
-        def __init__(self, N: int, M: int) -> None:
+        def __init__(self, N: int, M: int, means: bool = False) -> None:
             super().__init__(N, M)
             nn = torch.nn
             self.context = nn.Conv2d(M, M, 5, padding=2)
@@ -116,6 +136,19 @@ def _checkerboard_class():
                 nn.Conv2d(2 * M, M, 1), nn.LeakyReLU(), nn.Conv2d(M, M, 1), nn.LeakyReLU(), nn.Conv2d(M, M, 1))
             nn.init.zeros_(self.entropy_params[-1].weight)
             nn.init.zeros_(self.entropy_params[-1].bias)
+            self.h_sign = self.h_m = None
+            if means:
+                # ``means: hyper``: the signed latent reaches z (h_sign) and a mean per element comes back from
+                # z_hat (h_m, shaped as h_s). Both last layers start at zero, so a network seeded from a zero-mean
+                # point is that point until they learn (``train.trainer.init_from``)
+                self.h_sign = nn.Conv2d(M, N, 3, padding=1)
+                self.h_m = nn.Sequential(
+                    nn.ConvTranspose2d(N, N, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
+                    nn.ConvTranspose2d(N, N, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
+                    nn.Conv2d(N, M, 3, padding=1))
+                for layer in (self.h_sign, self.h_m[-1]):
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
         @property
         def scale_min(self) -> float:
@@ -142,12 +175,15 @@ def _checkerboard_class():
 
         def forward(self, x):
             """Training forward (CompressAI's noise proxy); the context reads
-            the anchors rounded, with a straight-through gradient."""
+            the anchors' symbols (``round(y - mean)``), with a straight-through
+            gradient."""
             y = self.g_a(x)
-            z = self.h_a(hyper_analysis_input(self, y))
+            z = hyper_analysis(self, y)
             z_hat, z_l = self.entropy_bottleneck(z)
-            y_round = y + (torch.round(y) - y).detach()
-            y_hat, y_l = self.gaussian_conditional(y, self.scales(self.h_s(z_hat), y_round))
+            mu = latent_means(self, z_hat)
+            r = y if mu is None else y - mu
+            y_sym = r + (torch.round(r) - r).detach()
+            y_hat, y_l = self.gaussian_conditional(y, self.scales(self.h_s(z_hat), y_sym), means=mu)
             return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_l, "z": z_l}}
 
     return CheckerboardHyperprior

@@ -154,7 +154,10 @@ class Hyperprior(Factorized):
         self._tables = _Tables(gc)
 
     def describe(self) -> dict:
-        return {"scales": f"float64 h_s; indexes within {SCALE_MARGIN!r} (relative) of a table boundary listed"}
+        out = {"scales": f"float64 h_s; indexes within {SCALE_MARGIN!r} (relative) of a table boundary listed"}
+        if getattr(self.net, "h_m", None) is not None:
+            out["means"] = "float32 h_m(z_hat), added to the decoded symbols round(y - mean)"
+        return out
 
     def _table_indexes(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian table index per float64 scale (CompressAI's ``build_indexes``
@@ -187,24 +190,31 @@ class Hyperprior(Factorized):
         net = self.net
         eb = net.entropy_bottleneck
         y = self.analyze(x, text)
-        z = net.h_a(image_models.hyper_analysis_input(net, y))
+        z = image_models.hyper_analysis(net, y)
         z_strings = eb.compress(z)
         # the decoder's z_hat: symbols + medians, what decompress returns (the
         # verification checks it bit for bit)
         z_hat = eb.quantize(z, "dequantize", eb._get_medians())
-        y_round = torch.round(y)
         zsym = self._symbols(z_hat)
-        ysym = y_round.to(torch.int32)
         bodies, syms, expect = [], [], []
         for j in range(x.shape[0]):
-            zj, yj = z_hat[j:j + 1], y_round[j:j + 1]
+            zj = z_hat[j:j + 1]
+            mu = self._means(zj)  # image by image, as the decoder computes them
+            yj = torch.round(y[j:j + 1] if mu is None else y[j:j + 1] - mu)  # the symbols
+            ysym = yj.to(torch.int32)
             hyper = self._h_s64(zj.double())
             y_string, idx, rel, tables = self._code_y(yj, hyper)
             bodies.append(write_varint(len(z_strings[j])) + z_strings[j]
                           + self._pack_listed(idx[0], (rel < SCALE_MARGIN)[0]) + y_string)
-            syms.append(zsym[j].cpu().numpy().tobytes() + ysym[j].cpu().numpy().tobytes())
-            expect.append((zj, hyper, tables))
+            syms.append(zsym[j].cpu().numpy().tobytes() + ysym[0].cpu().numpy().tobytes())
+            expect.append((zj, hyper, tables, mu))
         return bodies, syms, expect
+
+    def _means(self, z_hat: torch.Tensor) -> torch.Tensor | None:
+        """The latent's means from the decoded hyper-latent (float32; None for
+        a zero-mean point). They are added to the decoded symbols, never used
+        to pick a table: the symbols decode exactly whatever they come to."""
+        return image_models.latent_means(self.net, z_hat)
 
     def _code_y(self, yj: torch.Tensor, hyper: torch.Tensor) -> tuple[bytes, torch.Tensor, torch.Tensor, list]:
         """One image's y string, its table indexes and distances, and the
@@ -242,8 +252,8 @@ class Hyperprior(Factorized):
                        expect: tuple | None = None) -> tuple[torch.Tensor, bytes]:
         """(y_hat with a batch dimension of 1, symbol bytes) for one padded size.
 
-        ``expect`` (encode-time verification): ``(z_hat, h_s64(z_hat), tables)``
-        as the encoder computed them for this image with these same functions.
+        ``expect`` (encode-time verification): ``(z_hat, h_s64(z_hat), tables,
+        means)`` as the encoder computed them for this image with these same functions.
         The decoder's tables are a pure function of the decoded z_hat and (second
         pass) the decoded anchors; so once the decoded z_hat equals the
         encoder's bit for bit, they are the encoder's, and are taken from it
@@ -254,9 +264,10 @@ class Hyperprior(Factorized):
         if expect is not None and not torch.equal(z_hat, expect[0]):
             raise ImageCodecError("the hyper-latent did not decode back at encode time")
         hyper = self._h_s64(z_hat.double()) if expect is None else expect[1]
-        y_hat = self._decode_y(parts, hyper, None if expect is None else expect[2])
-        sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_hat[0].to(torch.int32).cpu().numpy().tobytes()
-        return y_hat, sym
+        y_sym = self._decode_y(parts, hyper, None if expect is None else expect[2])
+        sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_sym[0].to(torch.int32).cpu().numpy().tobytes()
+        mu = self._means(z_hat) if expect is None else expect[3]
+        return (y_sym if mu is None else y_sym + mu), sym
 
     def _decode_y(self, parts: list, hyper: torch.Tensor, tables: list | None) -> torch.Tensor:
         i, r = self._table_indexes(hyper) if tables is None else tables[0]

@@ -60,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what a hyperprior's hyper-analysis reads: latent (default, |y|, as CompressAI) or rounded "
                         "(|round(y)|, the symbols the coder writes); encoder-side only, recorded in the checkpoint; "
                         "joint runs need --quant mixed for it")
+    p.add_argument("--means", default="none", choices=["none", "hyper"],
+                   help="checkerboard only: none (default; a zero-mean Gaussian, the latent itself rounded) or "
+                        "hyper (a mean per latent element predicted from the hyper-latent, Minnen et al. 2018: "
+                        "the symbols are round(y - mean), so smooth content rides on the mean instead of "
+                        "integer steps); recorded in the checkpoint. Seeded from a zero-mean point, the new "
+                        "parts start where they add nothing and train at --lr-fresh")
     p.add_argument("--lr-fresh", type=float, default=None,
                    help="learning rate of the parameters --init does not supply (a checkerboard context seeded "
                         "from a hyperprior point), while the rest trains at --lr; default: --lr for all")

@@ -161,12 +161,17 @@ def _mixed_forward(net, x, text=None):
     eb = net.entropy_bottleneck
     y = image_models.analysis(net, x, text)
     if hasattr(net, "h_a"):
-        z = net.h_a(image_models.hyper_analysis_input(net, y))
+        z = image_models.hyper_analysis(net, y)
         _, z_l = eb(z)
         z_hat = _ste(z, eb.quantize(z, "dequantize", eb._get_medians()))
-        y_round = _ste(y, torch.round(y))
-        _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_round))
-        return net.g_s(y_round), [y_l, z_l]
+        mu = image_models.latent_means(net, z_hat)
+        if mu is None:
+            y_sym = y_hat = _ste(y, torch.round(y))
+        else:  # the symbols round(y - mean); the synthesis reads them plus the mean
+            y_sym = _ste(y - mu, torch.round(y - mu))
+            y_hat = y_sym + mu
+        _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu)
+        return net.g_s(y_hat), [y_l, z_l]
     _, y_l = eb(y)
     return net.g_s(_ste(y, eb.quantize(y, "dequantize", eb._get_medians()))), [y_l]
 
@@ -209,9 +214,10 @@ def entropy_loss(net, x=None, y=None):
     if y is None:
         with torch.no_grad():
             y = net.g_a(x)
-    y_round = torch.round(y)
-    z_hat, z_l = net.entropy_bottleneck(net.h_a(image_models.hyper_analysis_input(net, y)))
-    _, y_l = net.gaussian_conditional(y_round, _y_scales(net, z_hat, y_round), training=False)
+    z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y))
+    mu = image_models.latent_means(net, z_hat)
+    y_sym = torch.round(y if mu is None else y - mu)
+    _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu, training=False)
     bpp = _bpp([y_l, z_l], y, LATENT_STRIDE ** 2)
     return bpp, bpp, None, None
 
@@ -285,14 +291,16 @@ def sample_latents(latents: list[torch.Tensor], batch: int, crop: int, gen: torc
 def decoder_latents(net, x):
     """The rounded latent ``y_hat`` a decoder-only run decodes, and its rate:
     the encoder and the entropy model run without gradients and quantise as the
-    coder does (``round(y)`` for a hyperprior, ``round(y - median) + median`` for
-    a factorized prior). ``bpp``, the rate of those symbols, is logged only: it
+    coder does (``round(y)`` for a hyperprior, ``round(y - mean) + mean`` for one
+    with means, ``round(y - median) + median`` for a factorized prior). ``bpp``, the rate of those symbols, is logged only: it
     does not depend on ``g_s``."""
     with torch.no_grad():
         y = net.g_a(x)
         if hasattr(net, "h_a"):
-            z_hat, z_l = net.entropy_bottleneck(net.h_a(image_models.hyper_analysis_input(net, y)), training=False)
-            y_hat, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, torch.round(y)), training=False)
+            z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y), training=False)
+            mu = image_models.latent_means(net, z_hat)
+            y_sym = torch.round(y if mu is None else y - mu)
+            y_hat, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu, training=False)
             return y_hat, _bpp([y_l, z_l], x)
         y_hat, y_l = net.entropy_bottleneck(y, training=False)
         return y_hat, _bpp([y_l], x)
@@ -324,7 +332,7 @@ def lpips_network():
 # Options a run's config.json records only when they differ from these defaults, so
 # runs made before an option existed keep their configuration and resume unchanged.
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
-                    "entropy_data": "crops", "hyper_input": "latent", "corpus": None, "captions": None,
+                    "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
                     "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
@@ -337,6 +345,8 @@ def model_config(config: dict) -> dict:
     out = {"N": config["N"], "M": config["M"]}
     if config.get("hyper_input", "latent") != "latent":
         out["hyper_input"] = config["hyper_input"]
+    if config.get("means", "none") != "none":
+        out["means"] = config["means"]
     if config.get("text_encoder"):
         out["text_encoder"] = config["text_encoder"]
     return out
@@ -440,6 +450,8 @@ def train(args) -> dict:
     if config.get("hyper_input", "latent") != "latent" and part == "all" and config.get("quant", "noise") == "noise":
         raise SystemExit("--hyper-input rounded needs the rounded latent in training: use --quant mixed "
                          "or a --train-part run")
+    if config.get("means", "none") != "none" and args.arch != "checkerboard":
+        raise SystemExit("--means hyper is for --arch checkerboard")
     adv_weight = config.get("adv_weight", 0.0)
     if (adv_weight or "adv_warmup" in config or "disc_lr" in config) and not decoder_only:
         raise SystemExit("--adv-weight trains the synthesis against a discriminator with the bytes kept: "
@@ -664,7 +676,17 @@ def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
     which both share, while the rest starts fresh."""
     src = init.net.state_dict()
     if init.arch == arch:
-        net.load_state_dict(src, strict=False)
+        missing, unexpected = net.load_state_dict(src, strict=False)
+        if unexpected:
+            raise SystemExit(f"--init {init.name}: its weights do not fit this architecture/size "
+                             f"(e.g. {unexpected[0]}; a point with means seeds only a run with --means hyper)")
+        if missing and all(k.startswith(("h_sign.", "h_m.")) for k in missing):
+            with torch.no_grad():  # the means head reads z_hat as h_s does: it starts from h_s's first layers
+                for i in (0, 2):
+                    net.h_m[i].weight.copy_(net.h_s[i].weight)
+                    net.h_m[i].bias.copy_(net.h_s[i].bias)
+            return ("all weights; the means start at zero (the --init point's bytes) and the signed hyper-input "
+                    "adds nothing; the means head starts from h_s's first layers")
         return "all weights"
     if (init.arch, arch) == ("checkerboard", "text-checkerboard"):
         missing, unexpected = net.load_state_dict(src, strict=False)

@@ -1,0 +1,176 @@
+"""The checkerboard coder with means (``means: hyper``): a mean per latent
+element from the hyper-latent, symbols ``round(y - mean)``, the mean added
+back at decode. The symbols and tables stay exact (the context reads the
+integer symbols, never the means); the means reach only the synthesis.
+
+The test model is small and untrained, its means head and signed
+hyper-input made to matter (their zero-initialised last layers are set)."""
+
+import argparse
+import glob
+
+import numpy as np
+import pytest
+import torch
+
+from semarc.codec import image_models
+from semarc.codec.image import ImageCodecError, ImageCoder
+from semarc.train import trainer as train
+from test_image_hyper import (_arrays, assert_encode_verification_refuses_bad_decodes, assert_roundtrip,
+                              assert_scale_noise_absorbed_or_refused, spread_scales)
+from test_train import _args, photos  # noqa: F401  (the synthetic training photos fixture)
+
+CFG = {"N": 16, "M": 24}
+MEANS = {**CFG, "means": "hyper"}
+
+
+def _means_net(seed: int = 0):
+    torch.manual_seed(seed)
+    net = image_models.build("checkerboard", MEANS)
+    spread_scales(net)
+    with torch.no_grad():
+        net.entropy_params[-1].weight.normal_(0, 0.05)
+        net.g_a[-1].weight.mul_(40)  # an untrained latent rounds to zero almost everywhere: widen it
+        net.h_m[-1].weight.normal_(0, 0.5)
+        net.h_m[-1].bias.uniform_(-2, 2)
+        net.h_sign.weight.normal_(0, 0.05)
+    return net
+
+
+@pytest.fixture(scope="module")
+def means_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("means") / "tiny-means.pt"
+    image_models.save_checkpoint(path, "checkerboard", MEANS, _means_net(), meta={})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def coder(means_ckpt):
+    return ImageCoder(means_ckpt)
+
+
+def test_roundtrip_sizes_and_batch_invariance(coder):
+    assert_roundtrip(coder, "checkerboard")
+    assert "means" in coder.describe()
+
+
+def test_symbols_are_the_latent_minus_its_mean(coder):
+    """The coded symbols are ``round(y - h_m(z_hat))`` and the decoded latent
+    is those symbols plus the same means: not integers, and not the zero-mean
+    ``round(y)``."""
+    net = coder.net
+    (c,) = coder.encode_batch(_arrays()[:1])
+    x = torch.from_numpy(_arrays()[0]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        xp = torch.nn.functional.pad(x, (0, 320 - 260, 0, 256 - 200), mode="replicate")
+        y = net.g_a(xp)
+        z_hat = net.entropy_bottleneck.quantize(image_models.hyper_analysis(net, y), "dequantize",
+                                                net.entropy_bottleneck._get_medians())
+        mu = net.h_m(z_hat)
+    parts = coder.arch.split(coder._parse(c.payload)[2])
+    y_hat, sym = coder.arch.entropy_decode(parts, 256, 320)
+    n_z = z_hat.numel() * 4
+    y_sym = torch.from_numpy(np.frombuffer(sym[n_z:], dtype=np.int32).copy()).view(y.shape).float()
+    assert torch.equal(y_sym, torch.round(y - mu))
+    assert torch.allclose(y_hat, y_sym + mu)
+    assert (y_hat != torch.round(y_hat)).float().mean() > 0.9
+    assert (y_sym != torch.round(y)).float().mean() > 0.2  # the means change what is coded
+
+
+def test_scale_float_noise_is_absorbed_and_larger_noise_is_an_error(coder, monkeypatch):
+    assert_scale_noise_absorbed_or_refused(coder, monkeypatch)
+
+
+def test_encode_verification_refuses_bad_decodes(coder, monkeypatch):
+    assert_encode_verification_refuses_bad_decodes(coder, monkeypatch)
+
+
+def test_corrupt_bodies_are_errors(coder):
+    (c,) = coder.encode_batch(_arrays()[:1])
+    bad = [c.payload[: len(c.payload) // 2], c.payload[:-3] + bytes(b ^ 0x5A for b in c.payload[-3:])]
+    res = coder.decode_batch([(p, c.check) for p in bad] + [(c.payload, c.check ^ 1)])
+    assert all(isinstance(r, ImageCodecError) for r in res), res
+    assert isinstance(coder.decode_batch([(c.payload, c.check)])[0], np.ndarray)
+
+
+def test_bytes_identical_for_1_and_2_threads(means_ckpt, tmp_path):
+    from conftest import assert_same_across_threads
+
+    assert_same_across_threads(means_ckpt, tmp_path)
+
+
+def test_mixed_forward_decodes_what_the_coder_decodes(means_ckpt, photos):
+    """--quant mixed with means: the synthesis in training reads exactly the
+    latent the coder decodes (symbols plus means), so its x_hat is the coder's
+    decode up to the 8-bit output; the rate keeps the noise proxy, and the
+    gradient reaches the means head and the signed hyper-input."""
+    torch.set_num_threads(1)
+    net = image_models.load_checkpoint(means_ckpt).net
+    imgs = train.load_photos(sorted(glob.glob(photos)))
+    x = train.sample_batch(imgs, 1, 64, torch.Generator().manual_seed(0))
+    net.train()
+    x_hat, likelihoods = train._mixed_forward(net, x)
+    coder = ImageCoder(means_ckpt)
+    arr = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    (c,) = coder.encode_batch([arr])
+    dec = coder.decode_batch([(c.payload, c.check)])[0]
+    x8 = (x_hat.detach()[0].clamp(0, 1).permute(1, 2, 0) * 255).round().numpy()
+    # the coder reads the 8-bit image, training the float one: equal latents almost everywhere
+    assert np.abs(x8 - dec.astype(np.float64)).mean() < 0.5
+    net.zero_grad()
+    loss, bpp, _, _ = train.rd_loss(net, x, 0.01, quant="mixed")
+    loss.backward()
+    assert float(net.h_m[-1].weight.grad.abs().sum()) > 0
+    assert float(net.h_sign.weight.grad.abs().sum()) > 0
+    assert 0 < float(bpp.detach()) < 50 and len(likelihoods) == 2
+
+
+def test_a_zero_mean_point_seeds_a_means_run_that_starts_as_that_point(tmp_path, photos):
+    """--means hyper --init ZERO_MEAN_POINT: the new parts (h_sign, h_m) start
+    where they add nothing, so the run's first state codes the seed's bytes and
+    pixels; they train at --lr-fresh, learn, and the exported point records
+    the choice (another fingerprint) and round-trips."""
+    torch.manual_seed(0)
+    seed = image_models.build("checkerboard", CFG)
+    spread_scales(seed)
+    with torch.no_grad():
+        seed.g_a[-1].weight.mul_(40)
+    init = tmp_path / "seed.pt"
+    image_models.save_checkpoint(init, "checkerboard", CFG, seed, meta={})
+    loaded = image_models.load_checkpoint(init)
+    net = image_models.build("checkerboard", MEANS)
+    note = train.init_from(net, "checkerboard", loaded)
+    assert "means start at zero" in note
+    assert torch.equal(net.h_m[0].weight, loaded.net.h_s[0].weight)
+    start = tmp_path / "start.pt"
+    image_models.save_checkpoint(start, "checkerboard", MEANS, net, meta={})
+    imgs = _arrays()[:2]
+    a, b = ImageCoder(str(init)), ImageCoder(str(start))
+    ea, eb = a.encode_batch(imgs), b.encode_batch(imgs)
+    assert [c.payload for c in ea] == [c.payload for c in eb]
+    assert all(np.array_equal(p, q) for p, q in zip(a.decode_batch([(c.payload, c.check) for c in ea]),
+                                                    b.decode_batch([(c.payload, c.check) for c in eb])))
+    assert a.model.fingerprint != b.model.fingerprint
+
+    run = tmp_path / "ms"
+    common = ["--arch", "checkerboard", "--N", "16", "--M", "24", "--quant", "mixed", "--means", "hyper",
+              "--init", str(init), "--lr-fresh", "1e-2"]
+    train.train(_args(run, photos, *common, "--steps", "4"))
+    st = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
+    assert len(st["opt"]["param_groups"][1]["params"]) == 8  # h_sign (2) and h_m (6): what --init lacks
+    assert not torch.equal(st["model"]["h_m.4.weight"], torch.zeros_like(st["model"]["h_m.4.weight"]))
+    assert not torch.equal(st["model"]["h_sign.weight"], torch.zeros_like(st["model"]["h_sign.weight"]))
+    out = tmp_path / "ms.pt"
+    train.export(run, str(out), argparse.Namespace(command_line="test"))
+    p = image_models.load_checkpoint(out)
+    assert p.config["means"] == "hyper" and p.net.h_m is not None
+    assert_roundtrip(ImageCoder(str(out)), "checkerboard")
+
+    with pytest.raises(SystemExit, match="means seeds only"):  # a means point cannot seed a zero-mean run
+        train.train(_args(tmp_path / "back", photos, "--arch", "checkerboard", "--N", "16", "--M", "24",
+                          "--quant", "mixed", "--init", str(out), "--steps", "1"))
+    with pytest.raises(SystemExit, match="--means hyper is for --arch checkerboard"):
+        train.train(_args(tmp_path / "h", photos, "--arch", "hyperprior", "--means", "hyper", "--steps", "1"))
+    for arch in ("factorized", "hyperprior"):
+        with pytest.raises(ValueError, match="means"):
+            image_models.build(arch, {**CFG, "means": "hyper"})
