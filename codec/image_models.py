@@ -139,8 +139,8 @@ def _checkerboard_class():
             self.h_sign = self.h_m = None
             if means:
                 # ``means: hyper``: the signed latent reaches z (h_sign) and a mean per element comes back from
-                # z_hat (h_m, shaped as h_s). Both last layers start at zero, so a network seeded from a zero-mean
-                # point is that point until they learn (``train.trainer.init_from``)
+                # z_hat (h_m, shaped as h_s). Both start at zero here; seeding from a zero-mean point
+                # (``train.trainer.init_from``) keeps the means at zero and starts h_sign small
                 self.h_sign = nn.Conv2d(M, N, 3, padding=1)
                 self.h_m = nn.Sequential(
                     nn.ConvTranspose2d(N, N, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),

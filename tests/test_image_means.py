@@ -126,9 +126,11 @@ def test_mixed_forward_decodes_what_the_coder_decodes(means_ckpt, photos):
 
 
 def test_a_zero_mean_point_seeds_a_means_run_that_starts_as_that_point(tmp_path, photos):
-    """--means hyper --init ZERO_MEAN_POINT: the new parts (h_sign, h_m) start
-    where they add nothing, so the run's first state codes the seed's bytes and
-    pixels; they train at --lr-fresh, learn, and the exported point records
+    """--means hyper --init ZERO_MEAN_POINT: the means start at zero, so the
+    run's first state codes the seed's latent symbols and decodes its pixels
+    exactly; the signed hyper-input starts small but not at zero (a sign in z
+    is what lets the means learn), so at most the hyper-latent's bytes differ.
+    The new parts train at --lr-fresh, learn, and the exported point records
     the choice (another fingerprint) and round-trips."""
     torch.manual_seed(0)
     seed = image_models.build("checkerboard", CFG)
@@ -142,12 +144,17 @@ def test_a_zero_mean_point_seeds_a_means_run_that_starts_as_that_point(tmp_path,
     note = train.init_from(net, "checkerboard", loaded)
     assert "means start at zero" in note
     assert torch.equal(net.h_m[0].weight, loaded.net.h_s[0].weight)
+    assert 0 < float(net.h_sign.weight.detach().abs().max()) < 0.05 and not net.h_m[-1].weight.any()
     start = tmp_path / "start.pt"
     image_models.save_checkpoint(start, "checkerboard", MEANS, net, meta={})
     imgs = _arrays()[:2]
     a, b = ImageCoder(str(init)), ImageCoder(str(start))
     ea, eb = a.encode_batch(imgs), b.encode_batch(imgs)
-    assert [c.payload for c in ea] == [c.payload for c in eb]
+    for p, q in zip(ea, eb):  # the same latent (z may round otherwise here and there)
+        pa, pb = (c.arch.split(c._parse(x.payload)[2]) for c, x in ((a, p), (b, q)))
+        ya = a.arch.entropy_decode(pa, 256, 320)[0]
+        yb = b.arch.entropy_decode(pb, 256, 320)[0]
+        assert torch.equal(ya, yb)
     assert all(np.array_equal(p, q) for p, q in zip(a.decode_batch([(c.payload, c.check) for c in ea]),
                                                     b.decode_batch([(c.payload, c.check) for c in eb])))
     assert a.model.fingerprint != b.model.fingerprint
@@ -174,3 +181,40 @@ def test_a_zero_mean_point_seeds_a_means_run_that_starts_as_that_point(tmp_path,
     for arch in ("factorized", "hyperprior"):
         with pytest.raises(ValueError, match="means"):
             image_models.build(arch, {**CFG, "means": "hyper"})
+
+
+def test_entropy_part_trains_the_means_on_the_exact_rate(tmp_path, photos):
+    """--train-part entropy with means: the loss's value is the exact rate of
+    the rounded symbols (flat in the means), yet the means get a gradient (the
+    noise proxy's, through a zero-valued term) and learn; the transforms stay
+    the seed's."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    seed = image_models.build("checkerboard", CFG)
+    spread_scales(seed)
+    with torch.no_grad():
+        seed.g_a[-1].weight.mul_(8)
+    init = tmp_path / "seed.pt"
+    image_models.save_checkpoint(init, "checkerboard", CFG, seed, meta={})
+
+    net = image_models.build("checkerboard", MEANS)
+    train.init_from(net, "checkerboard", image_models.load_checkpoint(init))
+    with torch.no_grad():
+        net.h_m[-1].weight.normal_(0, 0.05)
+    y = torch.randn(2, CFG["M"], 4, 4) * 3
+    loss, bpp, mse, _ = train.entropy_loss(net, y=y)
+    assert mse is None and float(loss) == pytest.approx(float(bpp), rel=1e-6)
+    loss.backward()
+    assert float(net.h_m[-1].weight.grad.abs().sum()) > 0 and float(net.h_sign.weight.grad.abs().sum()) > 0
+
+    run = tmp_path / "ent"
+    train.train(_args(run, photos, "--arch", "checkerboard", "--N", "16", "--M", "24", "--train-part", "entropy",
+                      "--entropy-data", "latents", "--means", "hyper", "--init", str(init), "--lr-fresh", "1e-2",
+                      "--steps", "6"))
+    sa, sb = image_models.load_checkpoint(init).net.state_dict(), _state_model(run)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith(("g_a.", "g_s.")))
+    assert not torch.equal(sb["h_m.4.weight"], torch.zeros_like(sb["h_m.4.weight"]))
+
+
+def _state_model(run):
+    return torch.load(run / "state.pt", map_location="cpu", weights_only=False)["model"]

@@ -210,15 +210,25 @@ def entropy_loss(net, x=None, y=None):
     the hyper-latent's (noise proxy). The pixels do not depend on what it
     trains, so ``mse`` and ``lpips`` are None. Give the image batch ``x``, or
     the latent batch ``y`` itself (``g_a``'s output, ``--entropy-data
-    latents``; 16 pixels per latent position each way)."""
+    latents``; 16 pixels per latent position each way).
+
+    A network with means: the exact rate is flat in the mean (a step function
+    of ``round(y - mean)``), so the means learn from the noise proxy's rate
+    (``y + u - mean``, the scales held) through a term whose value is zero:
+    the loss and the logged rate stay the exact ones."""
     if y is None:
         with torch.no_grad():
             y = net.g_a(x)
     z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y))
     mu = image_models.latent_means(net, z_hat)
     y_sym = torch.round(y if mu is None else y - mu)
-    _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu, training=False)
+    scales = _y_scales(net, z_hat, y_sym)
+    _, y_l = net.gaussian_conditional(y, scales, means=mu, training=False)
     bpp = _bpp([y_l, z_l], y, LATENT_STRIDE ** 2)
+    if mu is not None:
+        _, y_proxy = net.gaussian_conditional(y, scales.detach(), means=mu, training=True)
+        proxy = _bpp([y_proxy], y, LATENT_STRIDE ** 2)
+        return bpp + (proxy - proxy.detach()), bpp, None, None
     return bpp, bpp, None, None
 
 
@@ -669,6 +679,9 @@ def _evaluate_in_process(run: Path, args) -> None:
         torch.set_num_threads(threads)
 
 
+SIGN_INIT = 0.1  # the signed hyper-input's first weights, relative to a default initialisation's scale
+
+
 def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
     """Start ``net`` from a trained checkpoint: all of it when the
     architectures match; across architectures (a ``factorized`` point seeding
@@ -685,8 +698,13 @@ def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
                 for i in (0, 2):
                     net.h_m[i].weight.copy_(net.h_s[i].weight)
                     net.h_m[i].bias.copy_(net.h_s[i].bias)
-            return ("all weights; the means start at zero (the --init point's bytes) and the signed hyper-input "
-                    "adds nothing; the means head starts from h_s's first layers")
+                # the signed hyper-input starts small, not at zero: with no sign in z the means' gradient
+                # averages to zero and neither part would ever start learning
+                w = net.h_sign.weight
+                w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+                        * (SIGN_INIT / math.sqrt(w[0].numel())))
+            return ("all weights; the means start at zero (the --init point's symbols and pixels) and the signed "
+                    "hyper-input small; the means head starts from h_s's first layers")
         return "all weights"
     if (init.arch, arch) == ("checkerboard", "text-checkerboard"):
         missing, unexpected = net.load_state_dict(src, strict=False)
