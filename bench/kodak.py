@@ -293,6 +293,7 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
     import torch
 
     from semarc.codec import record
+    from semarc.codec.image import _pad
 
     net = coder.net
 
@@ -317,12 +318,12 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
         return coder.decode_batch([record.unpack_image(sec)])[0]
 
     @torch.inference_mode()
-    def c_enc(a):
-        return net.compress(to_x(a))
+    def c_enc(a):  # padded to the stride as the coder pads (CompressAI's own call needs whole strides)
+        return net.compress(_pad(to_x(a), coder.stride))
 
     @torch.inference_mode()
-    def c_dec(r):
-        x = net.decompress(r["strings"], r["shape"])["x_hat"]
+    def c_dec(r, a):
+        x = net.decompress(r["strings"], r["shape"])["x_hat"][..., :a.shape[0], :a.shape[1]]
         return x[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().copy()
 
     names = ["semarc-encode", "semarc-encode-noverify", "compressai-compress", "semarc-decode",
@@ -336,7 +337,7 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
             t = time.perf_counter(); s_enc_nv(a, k); tot["semarc-encode-noverify"] += time.perf_counter() - t
             t = time.perf_counter(); r = c_enc(a); tot["compressai-compress"] += time.perf_counter() - t
             t = time.perf_counter(); back = s_dec(sec); tot["semarc-decode"] += time.perf_counter() - t
-            t = time.perf_counter(); back_c = c_dec(r); tot["compressai-decompress"] += time.perf_counter() - t
+            t = time.perf_counter(); back_c = c_dec(r, a); tot["compressai-decompress"] += time.perf_counter() - t
             if rep == 0:
                 same_strings += record.unpack_image(sec)[0].endswith(r["strings"][0][0])
                 same_pixels += np.array_equal(back, back_c)
