@@ -103,9 +103,23 @@ def hyper_analysis(net, y: torch.Tensor) -> torch.Tensor:
 
 def latent_means(net, z_hat: torch.Tensor) -> torch.Tensor | None:
     """The latent's means predicted from the decoded hyper-latent (``means:
-    hyper``), or None for a zero-mean network."""
+    hyper``; float32), or None for a zero-mean network. They are added to the
+    decoded symbols, never used to pick a table: the symbols decode exactly
+    whatever the means come to."""
     h_m = getattr(net, "h_m", None)
     return None if h_m is None else h_m(z_hat)
+
+
+def quantize_latent(y: torch.Tensor, means: torch.Tensor | None,
+                    ste: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(symbols, y_hat): the coded symbols ``round(y - means)`` (``round(y)``
+    for a zero-mean network) and the latent the synthesis reads, the symbols
+    plus the means. ``ste``: a straight-through gradient to ``y`` (training)."""
+    r = y if means is None else y - means
+    q = torch.round(r)
+    if ste:
+        q = r + (q - r).detach()
+    return q, (q if means is None else q + means)
 
 
 from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
@@ -181,8 +195,7 @@ def _checkerboard_class():
             z = hyper_analysis(self, y)
             z_hat, z_l = self.entropy_bottleneck(z)
             mu = latent_means(self, z_hat)
-            r = y if mu is None else y - mu
-            y_sym = r + (torch.round(r) - r).detach()
+            y_sym, _ = quantize_latent(y, mu, ste=True)
             y_hat, y_l = self.gaussian_conditional(y, self.scales(self.h_s(z_hat), y_sym), means=mu)
             return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_l, "z": z_l}}
 

@@ -199,8 +199,8 @@ class Hyperprior(Factorized):
         bodies, syms, expect = [], [], []
         for j in range(x.shape[0]):
             zj = z_hat[j:j + 1]
-            mu = self._means(zj)  # image by image, as the decoder computes them
-            yj = torch.round(y[j:j + 1] if mu is None else y[j:j + 1] - mu)  # the symbols
+            mu = image_models.latent_means(net, zj)  # image by image, as the decoder computes them
+            yj, _ = image_models.quantize_latent(y[j:j + 1], mu)  # the symbols
             ysym = yj.to(torch.int32)
             hyper = self._h_s64(zj.double())
             y_string, idx, rel, tables = self._code_y(yj, hyper)
@@ -209,12 +209,6 @@ class Hyperprior(Factorized):
             syms.append(zsym[j].cpu().numpy().tobytes() + ysym[0].cpu().numpy().tobytes())
             expect.append((zj, hyper, tables, mu))
         return bodies, syms, expect
-
-    def _means(self, z_hat: torch.Tensor) -> torch.Tensor | None:
-        """The latent's means from the decoded hyper-latent (float32; None for
-        a zero-mean point). They are added to the decoded symbols, never used
-        to pick a table: the symbols decode exactly whatever they come to."""
-        return image_models.latent_means(self.net, z_hat)
 
     def _code_y(self, yj: torch.Tensor, hyper: torch.Tensor) -> tuple[bytes, torch.Tensor, torch.Tensor, list]:
         """One image's y string, its table indexes and distances, and the
@@ -266,7 +260,7 @@ class Hyperprior(Factorized):
         hyper = self._h_s64(z_hat.double()) if expect is None else expect[1]
         y_sym = self._decode_y(parts, hyper, None if expect is None else expect[2])
         sym = self._symbols(z_hat)[0].cpu().numpy().tobytes() + y_sym[0].to(torch.int32).cpu().numpy().tobytes()
-        mu = self._means(z_hat) if expect is None else expect[3]
+        mu = image_models.latent_means(self.net, z_hat) if expect is None else expect[3]
         return (y_sym if mu is None else y_sym + mu), sym
 
     def _decode_y(self, parts: list, hyper: torch.Tensor, tables: list | None) -> torch.Tensor:

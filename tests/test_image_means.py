@@ -24,6 +24,19 @@ CFG = {"N": 16, "M": 24}
 MEANS = {**CFG, "means": "hyper"}
 
 
+def _zero_mean_seed(tmp_path, widen: float):
+    """A small untrained zero-mean checkerboard point (scales spread, latent
+    widened by ``widen``) saved as ``tmp_path/seed.pt``, to seed means runs."""
+    torch.manual_seed(0)
+    seed = image_models.build("checkerboard", CFG)
+    spread_scales(seed)
+    with torch.no_grad():
+        seed.g_a[-1].weight.mul_(widen)
+    init = tmp_path / "seed.pt"
+    image_models.save_checkpoint(init, "checkerboard", CFG, seed, meta={})
+    return init
+
+
 def _means_net(seed: int = 0):
     torch.manual_seed(seed)
     net = image_models.build("checkerboard", MEANS)
@@ -132,13 +145,7 @@ def test_a_zero_mean_point_seeds_a_means_run_that_starts_as_that_point(tmp_path,
     is what lets the means learn), so at most the hyper-latent's bytes differ.
     The new parts train at --lr-fresh, learn, and the exported point records
     the choice (another fingerprint) and round-trips."""
-    torch.manual_seed(0)
-    seed = image_models.build("checkerboard", CFG)
-    spread_scales(seed)
-    with torch.no_grad():
-        seed.g_a[-1].weight.mul_(40)
-    init = tmp_path / "seed.pt"
-    image_models.save_checkpoint(init, "checkerboard", CFG, seed, meta={})
+    init = _zero_mean_seed(tmp_path, widen=40)
     loaded = image_models.load_checkpoint(init)
     net = image_models.build("checkerboard", MEANS)
     note = train.init_from(net, "checkerboard", loaded)
@@ -189,13 +196,7 @@ def test_entropy_part_trains_the_means_on_the_exact_rate(tmp_path, photos):
     noise proxy's, through a zero-valued term) and learn; the transforms stay
     the seed's."""
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    seed = image_models.build("checkerboard", CFG)
-    spread_scales(seed)
-    with torch.no_grad():
-        seed.g_a[-1].weight.mul_(8)
-    init = tmp_path / "seed.pt"
-    image_models.save_checkpoint(init, "checkerboard", CFG, seed, meta={})
+    init = _zero_mean_seed(tmp_path, widen=8)
 
     net = image_models.build("checkerboard", MEANS)
     train.init_from(net, "checkerboard", image_models.load_checkpoint(init))

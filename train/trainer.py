@@ -165,11 +165,7 @@ def _mixed_forward(net, x, text=None):
         _, z_l = eb(z)
         z_hat = _ste(z, eb.quantize(z, "dequantize", eb._get_medians()))
         mu = image_models.latent_means(net, z_hat)
-        if mu is None:
-            y_sym = y_hat = _ste(y, torch.round(y))
-        else:  # the symbols round(y - mean); the synthesis reads them plus the mean
-            y_sym = _ste(y - mu, torch.round(y - mu))
-            y_hat = y_sym + mu
+        y_sym, y_hat = image_models.quantize_latent(y, mu, ste=True)
         _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu)
         return net.g_s(y_hat), [y_l, z_l]
     _, y_l = eb(y)
@@ -221,7 +217,7 @@ def entropy_loss(net, x=None, y=None):
             y = net.g_a(x)
     z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y))
     mu = image_models.latent_means(net, z_hat)
-    y_sym = torch.round(y if mu is None else y - mu)
+    y_sym, _ = image_models.quantize_latent(y, mu)
     scales = _y_scales(net, z_hat, y_sym)
     _, y_l = net.gaussian_conditional(y, scales, means=mu, training=False)
     bpp = _bpp([y_l, z_l], y, LATENT_STRIDE ** 2)
@@ -301,16 +297,17 @@ def sample_latents(latents: list[torch.Tensor], batch: int, crop: int, gen: torc
 def decoder_latents(net, x):
     """The rounded latent ``y_hat`` a decoder-only run decodes, and its rate:
     the encoder and the entropy model run without gradients and quantise as the
-    coder does (``round(y)`` for a hyperprior, ``round(y - mean) + mean`` for one
-    with means, ``round(y - median) + median`` for a factorized prior). ``bpp``, the rate of those symbols, is logged only: it
-    does not depend on ``g_s``."""
+    coder does (``image_models.quantize_latent`` for a hyperprior, with or
+    without means; ``round(y - median) + median`` for a factorized prior).
+    ``bpp``, the rate of those symbols, is logged only: it does not depend on
+    ``g_s``."""
     with torch.no_grad():
         y = net.g_a(x)
         if hasattr(net, "h_a"):
             z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y), training=False)
             mu = image_models.latent_means(net, z_hat)
-            y_sym = torch.round(y if mu is None else y - mu)
-            y_hat, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu, training=False)
+            y_sym, y_hat = image_models.quantize_latent(y, mu)
+            _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu, training=False)
             return y_hat, _bpp([y_l, z_l], x)
         y_hat, y_l = net.entropy_bottleneck(y, training=False)
         return y_hat, _bpp([y_l], x)
