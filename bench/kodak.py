@@ -352,7 +352,8 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
             # a hyperprior's y string can differ where CompressAI's float32 scales pick
             # another table than semarc's float64 ones (the same symbols, so the same pixels);
             # a checkerboard point's CompressAI side is the network without its context
-            # (ScaleHyperprior's compress/decompress): other strings, the same symbols
+            # (ScaleHyperprior's compress/decompress): other strings, the same symbols; with
+            # means it codes the latent without them: other symbols, a timing reference only
             "same_strings_as_compressai": int(same_strings), "same_pixels_as_compressai": int(same_pixels),
             "images": len(images), "rounds": reps,
             "protocol": "1 torch thread, one image per call, interleaved per image, best of the rounds; "
@@ -593,7 +594,9 @@ def markdown(r: dict) -> str:
                   "CompressAI's float32 scales choose another Gaussian table than semarc's float64 ones (the "
                   "same symbols, hence the same pixels). A checkerboard point's CompressAI figures are "
                   "`ScaleHyperprior.compress`/`decompress` of the same network without its context (CompressAI "
-                  "has no such model): other strings by design, the same symbols and pixels.", ""]
+                  "has no such model): other strings by design, the same symbols and pixels; for a point with "
+                  "means (`means: hyper`) it codes the latent without them (CompressAI's zero-mean path): other "
+                  "symbols and pixels, a timing reference only.", ""]
     lines += ["Baseline settings:", ""] + [f"* `{k}`: {v}" for k, v in r["baselines"].items()]
     return "\n".join(lines) + "\n"
 

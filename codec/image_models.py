@@ -8,7 +8,7 @@ entropy models and models apart:
 * ``shipped_rate_points()`` lists the checkpoints of the zoo (``zoo.py``)
   shipped in ``codec/weights``;
 * ``resolve(name)`` turns a ``--codec`` name into a loaded, ready network:
-  a zoo name (``semarc-q1``) or its checkpoint id (``semarc-h05c``), a
+  a zoo name (``semarc-q1``) or its checkpoint id (``semarc-h05s``), a
   checkpoint path, or a CompressAI zoo model (``bmshj2018-factorized:1``;
   needs the hub, or ``pretrained=false`` for offline tests). A retired
   checkpoint id fails with an error that names it.

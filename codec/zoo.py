@@ -20,7 +20,7 @@ that says so.
 Figures: Kodak (24 images, never trained on), means per image; bpp counts the
 whole stored image section (header, payload, check). Speed: images/s on Kodak,
 one torch thread, encode with its verification (as jobs run it). From
-``bench/results/kodak-ckbd/kodak.md`` (``semarc-h05c``, ``semarc-h10c``) and
+``bench/results/kodak-zoo/kodak.md`` (``semarc-h05s``, ``semarc-h10s``) and
 ``bench/results/kodak.md`` (``semarc-f1``); how each checkpoint was trained:
 ``codec/weights/README.md``.
 """
@@ -53,26 +53,33 @@ class ZooEntry:
                 "decode_img_s": self.decode_img_s, "recipe": self.recipe, "default": self.name == default}
 
 
-_CKBD = ("semarc train-codec --run train_runs/{run} --arch checkerboard --N 128 --M 192 --batch 16 --crop 256 "
-         "--train-part entropy --entropy-data latents --hyper-input rounded --init {init} --lr 1e-4 --lr-fresh 1e-3 "
-         "--steps 3000 --lr-drop-step 2400 --log-every 50 --save-every 50 --threads 1 "
-         "--export codec/weights/{run}.pt")
+_MEANS_ENT = ("semarc train-codec --run train_runs/{run} --arch checkerboard --N 128 --M 192 --batch 16 --crop 192 "
+              "--train-part entropy --entropy-data latents --hyper-input rounded --means hyper --init {init} "
+              "--lr 1e-4 --lr-fresh 1e-3 --steps 2000 --lr-drop-step 1600 --log-every 50 --save-every 100 "
+              "--threads 1 --corpus ~/.cache/semarc/corpus --export {export}")
 
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry(
-        name="semarc-q1", checkpoint="semarc-h05c",
-        fingerprint="b9f2357d6957f8665f1356239012943ed1926e134ad2dc2baf7a58584229217c",
-        use="lowest rate: the best point per bit (LPIPS 27% below the best classical codec at its bytes)",
-        arch="checkerboard", size="N=128 M=192, 6.1 M params",
-        kodak_bpp=0.0362, psnr=23.18, lpips=0.4189, encode_img_s=1.142, decode_img_s=0.938,
-        recipe=_CKBD.format(run="semarc-h05c", init="train_runs/semarc-h05p/semarc-h05p.pt")),
+        name="semarc-q1", checkpoint="semarc-h05s",
+        fingerprint="8d93c2e18e742c0838881ef72cd7852fbec87b0ef46044b14eb07cba8b6de36d",
+        use="lowest rate: the best point per bit (LPIPS 27% below the best classical codec at its bytes, "
+            "PSNR 0.55 dB below it)",
+        arch="checkerboard", size="N=128 M=192, 7.4 M params, means",
+        kodak_bpp=0.0331, psnr=23.33, lpips=0.4321, encode_img_s=2.236, decode_img_s=1.502,
+        recipe="semarc train-codec --run train_runs/semarc-h05s --arch checkerboard --N 128 --M 192 --batch 8 "
+               "--crop 256 --quant mixed --hyper-input rounded --means hyper "
+               "--init train_runs/semarc-h05s-ent/semarc-h05s-ent.pt --lmbda 0.00015 --lpips-weight 0.09 --lr 1e-4 "
+               "--steps 1400 --lr-drop-step 1150 --log-every 25 --save-every 25 --threads 1 "
+               "--corpus ~/.cache/semarc/corpus --export codec/weights/semarc-h05s.pt"),
     ZooEntry(
-        name="semarc-q2", checkpoint="semarc-h10c",
-        fingerprint="aab291b88d23d4eb811636f8d185eb1e72d5d3dd1f73dd46ff0461a089a92697",
-        use="more detail for ~2.3x the bytes of q1 (LPIPS 30% below the best classical codec at its bytes)",
-        arch="checkerboard", size="N=128 M=192, 6.1 M params",
-        kodak_bpp=0.0849, psnr=25.32, lpips=0.2899, encode_img_s=1.264, decode_img_s=0.976,
-        recipe=_CKBD.format(run="semarc-h10c", init="train_runs/semarc-h10n/semarc-h10n.pt")),
+        name="semarc-q2", checkpoint="semarc-h10s",
+        fingerprint="e6e346db6ad9af9aa31cb33e0ad25ea0a038fa392ca6cfbde88077ec80eaba8b",
+        use="more detail for ~2.4x the bytes of q1 (LPIPS 32% below the best classical codec at its bytes, "
+            "PSNR 0.75 dB below it)",
+        arch="checkerboard", size="N=128 M=192, 7.4 M params, means",
+        kodak_bpp=0.0810, psnr=25.34, lpips=0.2886, encode_img_s=1.99, decode_img_s=1.427,
+        recipe=_MEANS_ENT.format(run="semarc-h10s", init="codec/weights/semarc-h10c.pt",
+                                 export="codec/weights/semarc-h10s.pt")),
     ZooEntry(
         name="semarc-fast", checkpoint="semarc-f1",
         fingerprint="5b60fb3f207dd409d6f49f55cbe14865b2ceaea928e46344a649066668c7c910",
@@ -85,12 +92,13 @@ ZOO: tuple[ZooEntry, ...] = (
 )
 
 
-# Checkpoint ids removed before the first release, each with the shipped point that superseded it.
+# Checkpoint ids removed before the first release, each with the shipped point that supersedes it.
 RETIRED: dict[str, str] = {
-    "semarc-f05": "semarc-h05c", "semarc-p1": "semarc-h10c", "semarc-p06": "semarc-h05c",
-    "semarc-p11": "semarc-h10c", "semarc-h05b": "semarc-h05c", "semarc-h05d": "semarc-h05c",
-    "semarc-h05m": "semarc-h05c", "semarc-h05p": "semarc-h05c", "semarc-h10b": "semarc-h10c",
-    "semarc-h10d": "semarc-h10c", "semarc-h10m": "semarc-h10c", "semarc-h10n": "semarc-h10c",
+    "semarc-f05": "semarc-h05s", "semarc-p1": "semarc-h10s", "semarc-p06": "semarc-h05s",
+    "semarc-p11": "semarc-h10s", "semarc-h05b": "semarc-h05s", "semarc-h05d": "semarc-h05s",
+    "semarc-h05m": "semarc-h05s", "semarc-h05p": "semarc-h05s", "semarc-h10b": "semarc-h10s",
+    "semarc-h10d": "semarc-h10s", "semarc-h10m": "semarc-h10s", "semarc-h10n": "semarc-h10s",
+    "semarc-h05c": "semarc-h05s", "semarc-h10c": "semarc-h10s",
 }
 
 

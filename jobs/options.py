@@ -158,7 +158,7 @@ class EncodeOptions(JobOptions):
         from .inputs import JobError
         from .shards import FORMAT
 
-        try:  # the checkpoint id (semarc-h05c), not the zoo name (semarc-q1): what the shards record
+        try:  # the checkpoint id (semarc-h05s), not the zoo name (semarc-q1): what the shards record
             codec = zoo.checkpoint_id(self.codec)
         except zoo.RetiredCodecError as e:
             raise JobError(str(e)) from None

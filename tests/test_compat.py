@@ -2,9 +2,10 @@
 
 ``tests/data/compat/<checkpoint>/`` holds one small archive per shipped
 checkpoint (three crops of scikit-image photos with captions), written by
-semarc 0.1.0 before the codec zoo; ``expected.json`` has what that version
-decoded from them. The codec points' bitstreams and footers are a promise:
-whatever the code becomes, these archives decode exactly like this.
+``scripts/compat_archive.py`` when the checkpoint shipped; ``expected.json``
+has what that version decoded from them. The codec points' bitstreams and
+footers are a promise: whatever the code becomes, these archives decode
+exactly like this.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def shard(name: str):
     from semarc.jobs.shards import read_shard
 
     return read_shard(fsspec.filesystem("file"), str(DATA / name / "part-00000.parquet"))
+
+
+def test_every_shipped_checkpoint_has_an_archive():
+    from semarc.codec import zoo
+
+    assert sorted(EXPECTED) == sorted(e.checkpoint for e in zoo.ZOO)
+    assert sorted(p.name for p in DATA.iterdir() if p.is_dir()) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -66,7 +74,9 @@ def test_decode_job_writes_the_recorded_captions_and_pixels(tmp_path):
     """``semarc decode`` on the archive of the default point, end to end."""
     from PIL import Image
 
-    name = "semarc-h05c"
+    from semarc.codec import zoo
+
+    name = zoo.checkpoint_id(zoo.DEFAULT)
     r = run_cli("decode", DATA / name, tmp_path / "out", "--num-cpus", "1", "--no-progress")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     want = EXPECTED[name]["records"]
@@ -78,7 +88,7 @@ def test_decode_job_writes_the_recorded_captions_and_pixels(tmp_path):
 
 
 def test_an_archive_naming_a_retired_point_fails_naming_it(tmp_path):
-    """A copy of the semarc-h10c archive whose footer names semarc-h10m (a
+    """A copy of the semarc-h10s archive whose footer names semarc-h10m (a
     checkpoint removed before the first release): decode refuses before any
     work, with an error that names the point."""
     import pyarrow.parquet as pq
@@ -88,7 +98,7 @@ def test_an_archive_naming_a_retired_point_fails_naming_it(tmp_path):
 
     src = tmp_path / "archive"
     src.mkdir()
-    table = pq.read_table(DATA / "semarc-h10c" / "part-00000.parquet")
+    table = pq.read_table(DATA / "semarc-h10s" / "part-00000.parquet")
     meta = dict(table.schema.metadata)
     profiles = json.loads(meta[b"semarc.profiles"])
     profiles["image"]["codec"] = "semarc-h10m"
@@ -98,7 +108,7 @@ def test_an_archive_naming_a_retired_point_fails_naming_it(tmp_path):
     r = run_cli("decode", src, tmp_path / "out", "--num-cpus", "1", "--no-progress")
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]
     assert "codec semarc-h10m was retired before the first release" in r.stderr
-    assert "semarc-h10c" in r.stderr  # what superseded it
+    assert "semarc-h10s" in r.stderr  # what superseded it
     assert not (tmp_path / "out" / "images").exists()
     with pytest.raises(zoo.RetiredCodecError, match="semarc-h10m"):
         ImageWorker("semarc-h10m")

@@ -40,12 +40,12 @@ def test_cpu_to_cpu(inputs, tmp_path):
     side = crossdevice.encode_side(str(inputs), "cpu", str(tmp_path / "side"), points=["semarc-f1"])
     assert "cpu/batch1" in side["captions"]["runs"] and "cpu/batch7" in side["captions"]["runs"]
     # a second, images-only side (rate points trained after the first side ran) merges into one report
-    side2 = crossdevice.encode_side(str(inputs), "cpu", str(tmp_path / "side2"), points=["semarc-h05c"],
+    side2 = crossdevice.encode_side(str(inputs), "cpu", str(tmp_path / "side2"), points=["semarc-h05s"],
                                     captions=False)
     assert side2["captions"]["runs"] == {} and side["captions"]["encode_path"]["cpu"] in ("prefill", "steps")
     rep = crossdevice.compare(str(inputs), f"{tmp_path / 'side'},{tmp_path / 'side2'}", str(tmp_path / "cmp"))
     _check(rep, same_device=True)
-    assert set(rep["images"]) == {"semarc-f1", "semarc-h05c"} and rep["captions"]["n"] >= 5
+    assert set(rep["images"]) == {"semarc-f1", "semarc-h05s"} and rep["captions"]["n"] >= 5
     assert json.loads((tmp_path / "cmp" / "crossdevice.json").read_text()) == rep
     assert "| semarc-f1 |" in (tmp_path / "cmp" / "crossdevice.md").read_text()
     # a side made with other weights is reported, not decoded with the wrong model
@@ -60,5 +60,5 @@ def test_cpu_to_cpu(inputs, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_to_cpu(inputs, tmp_path):
     crossdevice.encode_side(str(inputs), "cuda", str(tmp_path / "side"),
-                            points=["semarc-f1", "semarc-h05c", "semarc-h10c"])
+                            points=["semarc-f1", "semarc-h05s", "semarc-h10s"])
     _check(crossdevice.compare(str(inputs), str(tmp_path / "side"), str(tmp_path / "cmp")), same_device=False)

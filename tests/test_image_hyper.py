@@ -235,7 +235,7 @@ def test_factorized_point_seeds_a_hyperprior_run(tmp_path):
 def test_shipped_hyperprior_points_roundtrip():
     points = {n: p for n, p in image_models.shipped_rate_points().items()
               if image_models.load_checkpoint(p).arch in ("hyperprior", "checkerboard")}
-    assert {"semarc-h05c", "semarc-h10c"} <= set(points)
+    assert {"semarc-h05s", "semarc-h10s"} <= set(points)
     arr = read_image((skimage_data_dir() / "astronaut.png").read_bytes())[:130, :190].copy()
     for name in points:
         c = ImageCoder(name)

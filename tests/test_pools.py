@@ -92,10 +92,10 @@ def test_gpu_actor_bitstreams_decode_on_a_cpu_actor(tmp_path):
     rng = np.random.default_rng(0)
     p = tmp_path / "x.png"
     Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(p)
-    gpu = ImageWorker("semarc-h05c", device="cuda")
+    gpu = ImageWorker("semarc-h05s", device="cuda")
     assert str(gpu.coder.device).startswith("cuda")
     sec = gpu.encode([str(p)])[0]["section"]
-    cpu = ImageWorker("semarc-h05c", device="cpu")
+    cpu = ImageWorker("semarc-h05s", device="cpu")
     prof = record.profile_table({"fingerprint": "-", "kind": "caption"}, cpu.describe())
     out = cpu.decode_arrays([sec], prof)[0]
     assert not isinstance(out, dict) and out.shape == (96, 128, 3)

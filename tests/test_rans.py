@@ -150,7 +150,7 @@ def test_a_header_claiming_another_size_is_refused(tiny_points, arch):
     assert "outside what the encoder writes" in got["20000x20000"]
 
 
-@pytest.mark.parametrize("point", ["semarc-f1", "semarc-h05c"])
+@pytest.mark.parametrize("point", ["semarc-f1", "semarc-h05s"])
 def test_a_shipped_point_refuses_a_crafted_header(point):
     got = _crafted(point, [(6000, 6000), (2000, 2000)])
     assert all(o.startswith("corrupt entropy-coded string") for o in got.values()), got

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start or resume q1-ent, the control of q1-ms-ent: semarc-h05c's entropy model (hyper-transforms, context)
+# Start or resume q1-ent, the control of semarc-h05s-ent: semarc-h05c's entropy model (hyper-transforms, context)
 # retrained without means on the latents of the corpus's train split (82 photos, whole, at scales 1 and 0.6;
 # 12x12 windows), the transforms kept: the exact rate of the rounded symbols, learning rate 1e-4 dropping
 # tenfold at step 1600 of 2000. Run from the project's root, venv active, the corpus built by
