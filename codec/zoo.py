@@ -83,7 +83,7 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry(
         name="semarc-fast", checkpoint="semarc-f1",
         fingerprint="5b60fb3f207dd409d6f49f55cbe14865b2ceaea928e46344a649066668c7c910",
-        use="speed and tests: a small MSE-only model, ~7x faster, the weakest per bit "
+        use="speed and tests: a small MSE-only model, 3-4x faster, the weakest per bit "
             "(LPIPS 30% above the best classical codec at its bytes)",
         arch="factorized", size="N=64 M=96, 0.76 M params",
         kodak_bpp=0.0990, psnr=25.33, lpips=0.5180, encode_img_s=7.821, decode_img_s=4.987,
