@@ -53,11 +53,6 @@ class ZooEntry:
                 "decode_img_s": self.decode_img_s, "recipe": self.recipe, "default": self.name == default}
 
 
-_MEANS_ENT = ("semarc train-codec --run train_runs/{run} --arch checkerboard --N 128 --M 192 --batch 16 --crop 192 "
-              "--train-part entropy --entropy-data latents --hyper-input rounded --means hyper --init {init} "
-              "--lr 1e-4 --lr-fresh 1e-3 --steps 2000 --lr-drop-step 1600 --log-every 50 --save-every 100 "
-              "--threads 1 --corpus ~/.cache/semarc/corpus --export {export}")
-
 ZOO: tuple[ZooEntry, ...] = (
     ZooEntry(
         name="semarc-q1", checkpoint="semarc-h05s",
@@ -78,8 +73,11 @@ ZOO: tuple[ZooEntry, ...] = (
             "PSNR 0.75 dB below it)",
         arch="checkerboard", size="N=128 M=192, 7.4 M params, means",
         kodak_bpp=0.0810, psnr=25.34, lpips=0.2886, encode_img_s=1.99, decode_img_s=1.427,
-        recipe=_MEANS_ENT.format(run="semarc-h10s", init="codec/weights/semarc-h10c.pt",
-                                 export="codec/weights/semarc-h10s.pt")),
+        recipe="semarc train-codec --run train_runs/semarc-h10s --arch checkerboard --N 128 --M 192 --batch 16 "
+               "--crop 192 --train-part entropy --entropy-data latents --hyper-input rounded --means hyper "
+               "--init codec/weights/semarc-h10c.pt --lr 1e-4 --lr-fresh 1e-3 --steps 2000 --lr-drop-step 1600 "
+               "--log-every 50 --save-every 100 --threads 1 --corpus ~/.cache/semarc/corpus "
+               "--export codec/weights/semarc-h10s.pt"),
     ZooEntry(
         name="semarc-fast", checkpoint="semarc-f1",
         fingerprint="5b60fb3f207dd409d6f49f55cbe14865b2ceaea928e46344a649066668c7c910",
