@@ -127,3 +127,35 @@ def test_trainer_reads_the_train_split(tmp_path):
     other = dict(cfg, corpus_dir="/elsewhere")
     assert trainer._same_config(cfg, other)  # the corpus may move, its train split may not
     assert not trainer._same_config(cfg, dict(cfg, corpus="0" * 64))
+
+
+def test_oversample_lists_a_source_k_times_and_is_recorded(tmp_path):
+    from semarc.train import trainer
+    from semarc.train.options import add_arguments
+    import argparse
+
+    spec = _fake_sources(tmp_path / "src", {"a": 8, "b": 7})
+    corpus.build(tmp_path / "c", spec, install=False, log=lambda *a: None)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--run", str(tmp_path / "run"), "--corpus", str(tmp_path / "c")]
+    plain = trainer.training_paths(p.parse_args(base))
+    args = p.parse_args(base + ["--oversample", "b=3"])
+    paths = trainer.training_paths(args)
+    rows = {r["path"]: r["source"] for r in corpus.read_manifest(tmp_path / "c", "train")}
+    n_a = sum(rows[q] == "a" for q in plain)
+    n_b = sum(rows[q] == "b" for q in plain)
+    assert n_a and n_b and len(paths) == n_a + 3 * n_b
+    assert sorted(set(paths)) == plain and all(paths.count(q) == (3 if rows[q] == "b" else 1) for q in plain)
+    photos = trainer.load_photos(paths)  # a repeated photo is one tensor, not a copy
+    assert len({id(t) for t in photos}) == len(plain)
+    cfg = trainer.run_config(args)
+    assert cfg["oversample"] == "b=3"
+    assert not trainer._same_config(cfg, trainer.run_config(p.parse_args(base)))
+    # a weight of 1 is the default: not recorded, the same run as without the option
+    assert "oversample" not in trainer.run_config(p.parse_args(base + ["--oversample", "b=1"]))
+    for bad in ("c=2", "b=0", "b", "b=x"):
+        with pytest.raises(SystemExit):
+            trainer.run_config(p.parse_args(base + ["--oversample", bad]))
+    with pytest.raises(SystemExit, match="--corpus"):
+        trainer.run_config(p.parse_args(["--run", str(tmp_path / "r2"), "--oversample", "b=2"]))

@@ -80,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=None, metavar="DIR",
                    help="train on the train split of the corpus that `semarc corpus DIR` built (instead of --photos); "
                         "its validation split is held out for `semarc train-eval`")
+    p.add_argument("--oversample", default=None, metavar="SOURCE=K[,SOURCE=K...]",
+                   help="with --corpus: draw the train split's images of corpus source SOURCE K times as often as "
+                        "the others (an integer K >= 1; e.g. the wallpaper packages); recorded in config.json; "
+                        "default: every image alike")
     p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
                    "a factorized one seeds a hyperprior run's transforms)")
     p.add_argument("--log-every", type=int, default=50)

@@ -94,11 +94,13 @@ def _refuse_kodak(path: str) -> None:
 def load_photos(paths: list[str]) -> list[torch.Tensor]:
     from PIL import Image
 
-    out = []
-    for p in paths:
-        _refuse_kodak(p)
-        with Image.open(p) as im:
-            out.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous())
+    out, seen = [], {}
+    for p in paths:  # a path listed more than once (an oversampled source) shares one tensor
+        if p not in seen:
+            _refuse_kodak(p)
+            with Image.open(p) as im:
+                seen[p] = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        out.append(seen[p])
     if not out:
         raise ValueError("no training photos found")
     return out
@@ -340,7 +342,8 @@ def lpips_network():
 # runs made before an option existed keep their configuration and resume unchanged.
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
                     "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
-                    "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4}
+                    "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4,
+                    "oversample": None}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -370,7 +373,10 @@ def run_config(args) -> dict:
         rows = corpus.read_manifest(args.corpus, "train")
         config["photos"] = None
         config["corpus_dir"] = str(Path(args.corpus).expanduser().resolve())
-        args = _with(args, corpus=corpus.split_digest(rows))
+        args = _with(args, corpus=corpus.split_digest(rows),
+                     oversample=_canonical(oversample_weights(args, rows)) if getattr(args, "oversample", None) else None)
+    elif getattr(args, "oversample", None):
+        raise SystemExit("--oversample weighs the corpus's sources: train with --corpus DIR")
     if args.arch == "text-checkerboard":  # the captions' digest and the text encoder's identity
         from semarc.codec import text_encoders
 
@@ -396,12 +402,35 @@ def _with(args, **kw):
     return argparse.Namespace(**{**vars(args), **kw})
 
 
+def oversample_weights(args, rows: list[dict]) -> dict[str, int]:
+    """``--oversample SOURCE=K,...`` as {source: K}, checked against the train
+    split's sources (``rows``: its manifest rows)."""
+    sources = {r["source"] for r in rows}
+    out: dict[str, int] = {}
+    for item in filter(None, (args.oversample or "").split(",")):
+        name, sep, k = item.strip().partition("=")
+        if not sep or not k.strip().isdigit() or int(k) < 1:
+            raise SystemExit(f"--oversample {item!r}: expected SOURCE=K with an integer K >= 1")
+        if name not in sources:
+            raise SystemExit(f"--oversample: no source {name!r} in the corpus's train split "
+                             f"(its sources: {', '.join(sorted(sources))})")
+        out[name] = int(k)
+    return out
+
+
+def _canonical(weights: dict[str, int]) -> str | None:
+    return ",".join(f"{k}={v}" for k, v in sorted(weights.items()) if v != 1) or None
+
+
 def training_paths(args) -> list[str]:
-    """The training photos: the corpus's train split (``--corpus``) or the ``--photos`` globs."""
+    """The training photos: the corpus's train split (``--corpus``; an
+    oversampled source's photos listed K times over) or the ``--photos`` globs."""
     if getattr(args, "corpus", None):
         from . import corpus
 
-        return sorted(r["path"] for r in corpus.read_manifest(args.corpus, "train"))
+        rows = sorted(corpus.read_manifest(args.corpus, "train"), key=lambda r: r["path"])
+        weights = oversample_weights(args, rows) if getattr(args, "oversample", None) else {}
+        return [r["path"] for r in rows for _ in range(weights.get(r["source"], 1))]
     return sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
 
 
@@ -480,7 +509,9 @@ def train(args) -> dict:
     latent_data = config.get("entropy_data", "crops") == "latents"
     if latent_data and not entropy_only:
         raise SystemExit("--entropy-data latents is for --train-part entropy (the transforms frozen)")
-    photos = [] if latent_data else [p.to(device) for p in load_photos(paths)]
+    loaded = [] if latent_data else load_photos(paths)
+    moved = {id(p): p.to(device) for p in loaded}  # each photo once, however often it is listed
+    photos = [moved[id(p)] for p in loaded]
     texts = None
     if text_guided:  # each photo's caption, embedded once by the frozen text encoder
         from semarc.codec import text_encoders
