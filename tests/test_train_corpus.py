@@ -154,7 +154,7 @@ def test_oversample_lists_a_source_k_times_and_is_recorded(tmp_path):
     assert not trainer._same_config(cfg, trainer.run_config(p.parse_args(base)))
     # a weight of 1 is the default: not recorded, the same run as without the option
     assert "oversample" not in trainer.run_config(p.parse_args(base + ["--oversample", "b=1"]))
-    for bad in ("c=2", "b=0", "b", "b=x"):
+    for bad in ("c=2", "b=0", "b", "b=x", "b=\u00b2"):
         with pytest.raises(SystemExit):
             trainer.run_config(p.parse_args(base + ["--oversample", bad]))
     with pytest.raises(SystemExit, match="--corpus"):

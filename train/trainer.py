@@ -409,7 +409,7 @@ def oversample_weights(args, rows: list[dict]) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in filter(None, (args.oversample or "").split(",")):
         name, sep, k = item.strip().partition("=")
-        if not sep or not k.strip().isdigit() or int(k) < 1:
+        if not sep or not k.strip().isdecimal() or int(k) < 1:
             raise SystemExit(f"--oversample {item!r}: expected SOURCE=K with an integer K >= 1")
         if name not in sources:
             raise SystemExit(f"--oversample: no source {name!r} in the corpus's train split "
