@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from semarc.train import corpus
@@ -149,6 +150,17 @@ def test_oversample_lists_a_source_k_times_and_is_recorded(tmp_path):
     assert sorted(set(paths)) == plain and all(paths.count(q) == (3 if rows[q] == "b" else 1) for q in plain)
     photos = trainer.load_photos(paths)  # a repeated photo is one tensor, not a copy
     assert len({id(t) for t in photos}) == len(plain)
+
+    class TinyAnalysis(torch.nn.Module):  # a small g_a for the whole-photo latents
+        downsampling_factor = 16
+
+        def __init__(self):
+            super().__init__()
+            self.g_a = torch.nn.Conv2d(3, 4, 16, stride=16)
+
+    latents = trainer._compute_latents(TinyAnalysis(), paths)  # ... and its latents are computed once
+    per_photo = len(trainer.WHOLE_PHOTO_SCALES)
+    assert len(latents) == per_photo * len(paths) and len({id(t) for t in latents}) == per_photo * len(plain)
     cfg = trainer.run_config(args)
     assert cfg["oversample"] == "b=3"
     assert not trainer._same_config(cfg, trainer.run_config(p.parse_args(base)))

@@ -91,7 +91,7 @@ def _refuse_kodak(path: str) -> None:
         raise ValueError(f"refusing to train on Kodak ({path}): Kodak is for evaluation only")
 
 
-def load_photos(paths: list[str]) -> list[torch.Tensor]:
+def load_photos(paths: list[str], device: str = "cpu") -> list[torch.Tensor]:
     from PIL import Image
 
     out, seen = [], {}
@@ -99,7 +99,7 @@ def load_photos(paths: list[str]) -> list[torch.Tensor]:
         if p not in seen:
             _refuse_kodak(p)
             with Image.open(p) as im:
-                seen[p] = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+                seen[p] = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous().to(device)
         out.append(seen[p])
     if not out:
         raise ValueError("no training photos found")
@@ -268,16 +268,19 @@ def _compute_latents(net, paths: list[str]) -> list[torch.Tensor]:
     from semarc.codec.image import _pad
 
     stride = int(getattr(net, "downsampling_factor", 64))
-    out = []
+    out, seen = [], {}
     with torch.no_grad():
-        for p in paths:
-            _refuse_kodak(p)
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                for s in WHOLE_PHOTO_SCALES:
-                    a = im if s == 1.0 else im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
-                    x = torch.from_numpy(np.asarray(a).copy()).permute(2, 0, 1)[None].float() / 255.0
-                    out.append(net.g_a(_pad(x, stride))[0].contiguous())
+        for p in paths:  # a path listed more than once (an oversampled source) is coded once
+            if p not in seen:
+                _refuse_kodak(p)
+                seen[p] = []
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+                    for s in WHOLE_PHOTO_SCALES:
+                        a = im if s == 1.0 else im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
+                        x = torch.from_numpy(np.asarray(a).copy()).permute(2, 0, 1)[None].float() / 255.0
+                        seen[p].append(net.g_a(_pad(x, stride))[0].contiguous())
+            out.extend(seen[p])
     return out
 
 
@@ -374,7 +377,7 @@ def run_config(args) -> dict:
         config["photos"] = None
         config["corpus_dir"] = str(Path(args.corpus).expanduser().resolve())
         args = _with(args, corpus=corpus.split_digest(rows),
-                     oversample=_canonical(oversample_weights(args, rows)) if getattr(args, "oversample", None) else None)
+                     oversample=_canonical(oversample_weights(getattr(args, "oversample", None), rows)))
     elif getattr(args, "oversample", None):
         raise SystemExit("--oversample weighs the corpus's sources: train with --corpus DIR")
     if args.arch == "text-checkerboard":  # the captions' digest and the text encoder's identity
@@ -402,12 +405,12 @@ def _with(args, **kw):
     return argparse.Namespace(**{**vars(args), **kw})
 
 
-def oversample_weights(args, rows: list[dict]) -> dict[str, int]:
-    """``--oversample SOURCE=K,...`` as {source: K}, checked against the train
-    split's sources (``rows``: its manifest rows)."""
+def oversample_weights(text: str | None, rows: list[dict]) -> dict[str, int]:
+    """``--oversample SOURCE=K,...`` as {source: K} (None: {}), checked against
+    the train split's sources (``rows``: its manifest rows)."""
     sources = {r["source"] for r in rows}
     out: dict[str, int] = {}
-    for item in filter(None, (args.oversample or "").split(",")):
+    for item in filter(None, (text or "").split(",")):
         name, sep, k = item.strip().partition("=")
         if not sep or not k.strip().isdecimal() or int(k) < 1:
             raise SystemExit(f"--oversample {item!r}: expected SOURCE=K with an integer K >= 1")
@@ -429,7 +432,7 @@ def training_paths(args) -> list[str]:
         from . import corpus
 
         rows = sorted(corpus.read_manifest(args.corpus, "train"), key=lambda r: r["path"])
-        weights = oversample_weights(args, rows) if getattr(args, "oversample", None) else {}
+        weights = oversample_weights(getattr(args, "oversample", None), rows)
         return [r["path"] for r in rows for _ in range(weights.get(r["source"], 1))]
     return sorted(p for pat in args.photos.split(",") for p in glob.glob(pat))
 
@@ -509,9 +512,7 @@ def train(args) -> dict:
     latent_data = config.get("entropy_data", "crops") == "latents"
     if latent_data and not entropy_only:
         raise SystemExit("--entropy-data latents is for --train-part entropy (the transforms frozen)")
-    loaded = [] if latent_data else load_photos(paths)
-    moved = {id(p): p.to(device) for p in loaded}  # each photo once, however often it is listed
-    photos = [moved[id(p)] for p in loaded]
+    photos = [] if latent_data else load_photos(paths, device)
     texts = None
     if text_guided:  # each photo's caption, embedded once by the frozen text encoder
         from semarc.codec import text_encoders
