@@ -38,7 +38,10 @@ encode speed counts the text encoder (its cache is emptied before each image).
 
 Writes ``DIR/kodak.json`` (rows: means over the images per codec and rate point;
 per-image figures; command, machine, versions, speed), ``DIR/kodak.md`` and
-``DIR/kodak.png`` (rate-distortion plots).
+``DIR/kodak.png`` (rate-distortion plots). For a corpus split, whose images are
+named ``SOURCE/NAME``, ``kodak.md`` also compares each rate point with the
+summary's classical codec source by source ("Per source"): where the quality
+holds and where it does not.
 """
 
 from __future__ import annotations
@@ -573,6 +576,7 @@ def markdown(r: dict) -> str:
                          f"semarc's LPIPS reduction vs it {100 * (b['lpips'] - sem['lpips']) / b['lpips']:+.1f}% "
                          f"(positive = better), PSNR gap {sem['psnr'] - b['psnr']:+.2f} dB.")
         lines.append("")
+    lines += _sources_table(r)
     missing = r.get("unavailable") or {}
     if missing:
         lines += ["Baselines not run here: " + "; ".join(f"`{k}`: {v}" for k, v in missing.items()), ""]
@@ -599,6 +603,55 @@ def markdown(r: dict) -> str:
                   "symbols and pixels, a timing reference only.", ""]
     lines += ["Baseline settings:", ""] + [f"* `{k}`: {v}" for k, v in r["baselines"].items()]
     return "\n".join(lines) + "\n"
+
+
+def source_of(image: str) -> str | None:
+    """The corpus source of a bench image named ``SOURCE/NAME`` (a corpus
+    split's images are), or None (Kodak, a plain folder)."""
+    return image.split("/", 1)[0] if "/" in image else None
+
+
+def per_source(r: dict, point: str) -> tuple[dict | None, list[dict]]:
+    """(the classical row compared, one row per corpus source): semarc's
+    ``point`` against the summary's classical codec (the best by PSNR among
+    those reaching the target; where none does, the one reaching it on most
+    images) over each source's images, as the summary compares them over all."""
+    cls = [x for x in r["rows"] if x["point"] == point and x["codec"] != "semarc"]
+    b = best_classical(r, point, "psnr") or max(cls, key=lambda x: (x["reached"], x["psnr"]), default=None)
+    if b is None:
+        return None, []
+    out = []
+    for source in sorted({source_of(i) for i in r["images"]} - {None}):
+        def mean(codec):
+            items = [x for x in r["per_image"] if x["point"] == point and x["codec"] == codec
+                     and source_of(x["image"]) == source]
+            return _mean_row(codec, point, items)
+        sem, cl = mean("semarc"), mean(b["codec"])
+        out.append({"source": source, "images": sem["images"], "semarc": sem, "classical": cl,
+                    "psnr_gap": round(sem["psnr"] - cl["psnr"], 3),
+                    "lpips_reduction": round((cl["lpips"] - sem["lpips"]) / cl["lpips"], 4)})
+    return b, out
+
+
+def _sources_table(r: dict) -> list[str]:
+    """Per corpus source, semarc against the summary's classical codec: where
+    the quality holds and where it does not (none for Kodak or a plain folder)."""
+    if not any(source_of(i) for i in r["images"]):
+        return []
+    lines = ["## Per source", "",
+             "Each rate point against the summary's classical codec (where none reaches semarc's size on enough "
+             "images: the one reaching it on most), over each corpus source's images.", "",
+             "| rate point | source | images | semarc bpp | semarc PSNR | semarc LPIPS | classical | its bpp | "
+             "its PSNR | its LPIPS | its reached | LPIPS reduction | PSNR gap (dB) |", "| --- |" + " --- |" * 12]
+    for point in r["points"]:
+        b, rows = per_source(r, point)
+        for x in rows:
+            sem, cl = x["semarc"], x["classical"]
+            lines.append(f"| `{point}` | {x['source']} | {x['images']} | {sem['bpp']:.4f} | {sem['psnr']:.2f} | "
+                         f"{sem['lpips']:.4f} | {b['codec']} | {cl['bpp']:.4f} | {cl['psnr']:.2f} | "
+                         f"{cl['lpips']:.4f} | {cl['reached']}/{cl['images']} | "
+                         f"{100 * x['lpips_reduction']:+.1f}% | {x['psnr_gap']:+.2f} |")
+    return lines + [""]
 
 
 def _points_table(r: dict) -> list[str]:

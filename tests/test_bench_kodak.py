@@ -98,3 +98,34 @@ def test_speed_runs_on_sizes_that_are_not_whole_strides(tmp_path):
     sp = kodak.measure_speed(ImageCoder(str(path)), [("a", img)], reps=1)
     assert sp["images_per_s"]["semarc-decode"] > 0 and sp["images_per_s"]["compressai-decompress"] > 0
     assert sp["same_pixels_as_compressai"] == 1  # the same symbols, cropped back to the same 70x90 pixels
+
+
+def test_per_source_compares_each_corpus_source_with_the_summary_codec():
+    """A corpus split's images are named SOURCE/NAME: the report gains a
+    table per source, semarc against the summary's classical codec (the best
+    by PSNR among those reaching the target) over that source's images only;
+    Kodak-style names give no such table."""
+    def img(codec, image, psnr, lpips, reached=True):
+        return {"codec": codec, "point": "p", "image": image, "bpp": 0.03, "psnr": psnr, "lpips": lpips,
+                "reached": reached}
+
+    per_image = [img("semarc", "walls/a", 30.0, 0.20), img("semarc", "walls/b", 32.0, 0.10),
+                 img("semarc", "photos/c", 24.0, 0.30),
+                 img("avif", "walls/a", 36.0, 0.10), img("avif", "walls/b", 38.0, 0.10),
+                 img("avif", "photos/c", 24.5, 0.60),
+                 img("jpeg", "walls/a", 20.0, 0.9), img("jpeg", "walls/b", 20.0, 0.9),
+                 img("jpeg", "photos/c", 20.0, 0.9)]
+    images = ["photos/c", "walls/a", "walls/b"]
+    rows = [kodak._mean_row(c, "p", [x for x in per_image if x["codec"] == c]) for c in ("semarc", "avif", "jpeg")]
+    r = {"images": images, "rows": rows, "per_image": per_image, "points": {"p": {}}, "min_reached": 3,
+         "baselines": {"avif": "-", "jpeg": "-"}, "command": "c", "machine": {"cpu": "x", "cores": 1},
+         "torch_threads": 1, "dataset": "d"}
+    b, by = kodak.per_source(r, "p")
+    assert b["codec"] == "avif"
+    assert [x["source"] for x in by] == ["photos", "walls"] and [x["images"] for x in by] == [1, 2]
+    assert by[0]["psnr_gap"] == -0.5 and by[0]["lpips_reduction"] == 0.5
+    assert by[1]["psnr_gap"] == -6.0 and by[1]["lpips_reduction"] == -0.5
+    md = kodak.markdown(r)
+    assert "| `p` | walls | 2 | 0.0300 | 31.00 | 0.1500 | avif |" in md and md.count("| `p` | ") == 3
+    r["images"] = ["kodim01", "kodim02"]
+    assert "## Per source" not in kodak.markdown(r)
