@@ -528,6 +528,12 @@ def best_classical(result: dict, point: str, key: str = "psnr") -> dict | None:
     return max(ok, key=lambda r: r["psnr"]) if key == "psnr" else min(ok, key=lambda r: r["lpips"])
 
 
+def margins(sem: dict, cl: dict) -> tuple[float, float]:
+    """(LPIPS reduction as a fraction, positive = semarc better; PSNR gap in
+    dB, semarc minus the classical codec) of two mean rows."""
+    return (cl["lpips"] - sem["lpips"]) / cl["lpips"], sem["psnr"] - cl["psnr"]
+
+
 def markdown(r: dict) -> str:
     n_img = len(r["images"])
     dataset = r.get("dataset", "Kodak")
@@ -550,10 +556,12 @@ def markdown(r: dict) -> str:
         sem = next(x for x in r["rows"] if x["point"] == point and x["codec"] == "semarc")
         b = best_classical(r, point, "psnr")
         head = f"| `{point}` | {sem['bpp']:.4f} | {sem['psnr']:.2f} | {sem['lpips']:.4f} | "
-        lines.append(head + ("none reaches | - | - | - | - | - | - |" if b is None else
-                             f"{b['codec']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['lpips']:.4f} | "
-                             f"{b['reached']}/{b['images']} | {100 * (b['lpips'] - sem['lpips']) / b['lpips']:+.1f}% | "
-                             f"{sem['psnr'] - b['psnr']:+.2f} |"))
+        if b is None:
+            lines.append(head + "none reaches | - | - | - | - | - | - |")
+            continue
+        lp, gap = margins(sem, b)
+        lines.append(head + f"{b['codec']} | {b['bpp']:.4f} | {b['psnr']:.2f} | {b['lpips']:.4f} | "
+                            f"{b['reached']}/{b['images']} | {100 * lp:+.1f}% | {gap:+.2f} |")
     lines.append("")
     for point in r["points"]:
         rows = [x for x in r["rows"] if x["point"] == point]
@@ -573,8 +581,8 @@ def markdown(r: dict) -> str:
                 break
             lines.append(f"* Best classical codec by {label} among those reaching >= {need}/{n_img}: "
                          f"**{b['codec']}** ({b['bpp']:.4f} bpp, {b['psnr']:.2f} dB, LPIPS {b['lpips']:.4f}); "
-                         f"semarc's LPIPS reduction vs it {100 * (b['lpips'] - sem['lpips']) / b['lpips']:+.1f}% "
-                         f"(positive = better), PSNR gap {sem['psnr'] - b['psnr']:+.2f} dB.")
+                         f"semarc's LPIPS reduction vs it {100 * margins(sem, b)[0]:+.1f}% "
+                         f"(positive = better), PSNR gap {margins(sem, b)[1]:+.2f} dB.")
         lines.append("")
     lines += _sources_table(r)
     missing = r.get("unavailable") or {}
@@ -607,7 +615,8 @@ def markdown(r: dict) -> str:
 
 def source_of(image: str) -> str | None:
     """The corpus source of a bench image named ``SOURCE/NAME`` (a corpus
-    split's images are), or None (Kodak, a plain folder)."""
+    split's keys, ``train.corpus._item_key``), or None (Kodak, a plain folder:
+    file stems)."""
     return image.split("/", 1)[0] if "/" in image else None
 
 
@@ -627,9 +636,9 @@ def per_source(r: dict, point: str) -> tuple[dict | None, list[dict]]:
                      and source_of(x["image"]) == source]
             return _mean_row(codec, point, items)
         sem, cl = mean("semarc"), mean(b["codec"])
+        lp, gap = margins(sem, cl)
         out.append({"source": source, "images": sem["images"], "semarc": sem, "classical": cl,
-                    "psnr_gap": round(sem["psnr"] - cl["psnr"], 3),
-                    "lpips_reduction": round((cl["lpips"] - sem["lpips"]) / cl["lpips"], 4)})
+                    "psnr_gap": round(gap, 3), "lpips_reduction": round(lp, 4)})
     return b, out
 
 
