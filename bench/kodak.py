@@ -36,6 +36,12 @@ the encoder uses the text. Their no-text control is another point given in
 encode speed counts the text encoder (its cache is emptied before each image).
 ``--baselines none`` measures semarc's points alone.
 
+``--latent-steps 0,30`` measures each point with the plain encoder and with
+30 steps of encoder-side latent search (``codec/latent_search.py``; rows
+``POINT-search30``), each matched to the classical codecs at its own bytes,
+and compares them in "Latent search" (bytes, quality, encode seconds per
+image; the search rows get no speed round).
+
 Writes ``DIR/kodak.json`` (rows: means over the images per codec and rate point;
 per-image figures; command, machine, versions, speed), ``DIR/kodak.md`` and
 ``DIR/kodak.png`` (rate-distortion plots). For a corpus split, whose images are
@@ -372,9 +378,9 @@ def _mean(items: list[dict], key: str, digits: int):
 def _mean_row(codec: str, point: str, items: list[dict]) -> dict:
     n = len(items)
     row = {"codec": codec, "point": point, "bpp": _mean(items, "bpp", 5), "psnr": _mean(items, "psnr", 3)}
-    for k in METRICS[1:]:
+    for k in METRICS[1:] + ("encode_s",):
         if any(k in i for i in items):
-            row[k] = _mean(items, k, 5)
+            row[k] = _mean(items, k, 5 if k != "encode_s" else 2)
     return {**row, "reached": sum(bool(i["reached"]) for i in items), "images": n}
 
 
@@ -386,7 +392,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
         speed_reps: int = 3, command: str | None = None, plot: bool = True, images_dir: str | None = None,
         which: tuple[str, ...] = METRICS, captions: str | None = None, corpus: str | None = None,
-        max_side: int | None = None) -> dict:
+        max_side: int | None = None, latent_steps: tuple[int, ...] = (0,)) -> dict:
     import torch
 
     from semarc import metrics
@@ -435,7 +441,9 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                                + (f" --points {','.join(points)}" if requested_points else "")
                                + (f" --images {images_dir}" if images_dir else "")
                                + (f" --corpus {corpus}" if corpus else "") + (f" --max-side {max_side}" if max_side else "")
-                               + (f" --metrics {','.join(which)}" if which != METRICS else "")),
+                               + (f" --metrics {','.join(which)}" if which != METRICS else "")
+                               + (f" --latent-steps {','.join(map(str, latent_steps))}"
+                                  if tuple(latent_steps) != (0,) else "")),
         "dataset": dataset,
         "machine": machine(), "torch_threads": threads, "versions": versions(),
         "images": [n for n, _ in images],
@@ -452,9 +460,9 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         "rows": [], "per_image": [], "speed": {}, "points": {},
     }
     variants = []  # (row label, checkpoint, coder, texts by image or None)
-    for point in points:
-        label = Path(point).stem if point.endswith(".pt") else point
-        coder = ImageCoder(point)
+    for point, steps in [(p, s) for p in points for s in latent_steps]:
+        label = (Path(point).stem if point.endswith(".pt") else point) + (f"-search{steps}" if steps else "")
+        coder = ImageCoder(point, latent_steps=steps)
         if not coder.text_guided:
             variants.append((label, point, coder, None))
             continue
@@ -472,19 +480,25 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     for point, ckpt, coder, texts in variants:
         result["points"][point] = {"fingerprint": coder.describe()["fingerprint"], "arch": coder.model.arch,
                                    "config": coder.model.config, "checkpoint": ckpt,
+                                   **({"latent_steps": coder.latent_steps,
+                                       "latent_loss": [coder.latent_loss.lmbda, coder.latent_loss.lpips_weight]}
+                                      if coder.latent_steps else {}),
                                    **({"text": "wrong caption" if point.endswith("-wrong-caption") else "caption"}
                                       if texts is not None else {})}
         per: dict[str, list[dict]] = {}
         for k, (name, a) in enumerate(images):
             pixels = a.shape[0] * a.shape[1]
+            t_enc = time.perf_counter()
             c = coder.encode_batch([a], texts=[texts[k]] if texts is not None else None)[0]
+            t_enc = time.perf_counter() - t_enc
             section = record.pack_image(c.payload, c.check)
             back = coder.decode_batch([record.unpack_image(section)])[0]
             if isinstance(back, Exception):
                 raise back
             target = len(section)
             score = metrics.Scorer(a, which)  # the reference's features once for all codecs
-            rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True, **score(back)}]
+            rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True,
+                     "encode_s": t_enc, **score(back)}]
             for bname, b in made.items():
                 q, data, reached = match_size(b, a, target)
                 dec = b.decode(data, a.shape)
@@ -501,7 +515,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                 for r in rows), file=sys.stderr, flush=True)
         for codec, items in per.items():
             result["rows"].append(_mean_row(codec, point, items))
-        if speed_reps and not point.endswith("-wrong-caption"):
+        if speed_reps and not point.endswith("-wrong-caption") and not coder.latent_steps:
             result["speed"][point] = measure_speed(coder, images, reps=speed_reps, texts=texts)
             print(f"[kodak {point}] speed {json.dumps(result['speed'][point]['images_per_s'])}", file=sys.stderr,
                   flush=True)
@@ -585,6 +599,7 @@ def markdown(r: dict) -> str:
                          f"(positive = better), PSNR gap {margins(sem, b)[1]:+.2f} dB.")
         lines.append("")
     lines += _sources_table(r)
+    lines += _search_table(r)
     missing = r.get("unavailable") or {}
     if missing:
         lines += ["Baselines not run here: " + "; ".join(f"`{k}`: {v}" for k, v in missing.items()), ""]
@@ -660,6 +675,37 @@ def _sources_table(r: dict) -> list[str]:
                          f"{sem['lpips']:.4f} | {b['codec']} | {cl['bpp']:.4f} | {cl['psnr']:.2f} | "
                          f"{cl['lpips']:.4f} | {cl['reached']}/{cl['images']} | "
                          f"{100 * x['lpips_reduction']:+.1f}% | {x['psnr_gap']:+.2f} |")
+    return lines + [""]
+
+
+def _search_table(r: dict) -> list[str]:
+    """Each latent-search row (``--latent-steps``) against the same point
+    coded plainly: what the slower encoder buys on the same images."""
+    searched = [(p, info["checkpoint"]) for p, info in r["points"].items() if info.get("latent_steps")]
+    if not searched:
+        return []
+    base = {info["checkpoint"]: p for p, info in r["points"].items()
+            if not info.get("latent_steps") and "text" not in info}
+    pairs = [(p, base[c]) for p, c in searched if c in base]
+    if not pairs:
+        return []
+    sem = {x["point"]: x for x in r["rows"] if x["codec"] == "semarc"}
+    lines = ["## Latent search: the same decoder, a slower encoder", "",
+             "Each `-searchN` row codes the images with N steps of encoder-side latent search against the point's "
+             "own training loss (codec/latent_search.py), beside the same point's plain encoder: changes in bytes, "
+             "PSNR and the perceptual metrics (negative = better, except PSNR), and the encode time per image "
+             "(seconds, with its verification).", "",
+             "| point | against | bytes | PSNR (dB) | LPIPS-Alex | LPIPS-VGG | DISTS | encode s/image |",
+             "| --- |" + " --- |" * 7]
+
+    def rel(a, b, key):
+        return "-" if a.get(key) is None or b.get(key) is None else f"{100 * (a[key] / b[key] - 1):+.1f}%"
+
+    for p, b in pairs:
+        x, y = sem[p], sem[b]
+        enc = f"{_fmt(x.get('encode_s'), '.1f')} (plain {_fmt(y.get('encode_s'), '.2f')})"
+        lines.append(f"| {p} | {b} | {rel(x, y, 'bpp')} | {x['psnr'] - y['psnr']:+.2f} | {rel(x, y, 'lpips')} | "
+                     f"{rel(x, y, 'lpips_vgg')} | {rel(x, y, 'dists')} | {enc} |")
     return lines + [""]
 
 

@@ -51,24 +51,76 @@ def check16(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFF
 
 
+def training_loss(model: image_models.LoadedModel):
+    """The loss a point's transforms were last trained at (``search_loss.SearchLoss``):
+    the zoo's record for a shipped checkpoint, else the training configuration an
+    exported checkpoint carries. A checkpoint whose last stage trained the
+    entropy model alone records no such loss: give one (``latent_loss``)."""
+    from . import zoo
+    from .search_loss import SearchLoss
+
+    entry = zoo.entry(model.name)
+    if entry is not None and entry.fingerprint == model.fingerprint:
+        return SearchLoss(*entry.loss)
+    cfg = (model.meta or {}).get("train_config") or {}
+    if cfg.get("lmbda") and cfg.get("train_part", "all") != "entropy":
+        return SearchLoss(float(cfg["lmbda"]), float(cfg.get("lpips_weight") or 0.0))
+    raise ValueError(f"{model.name} records no training loss for a latent search (its last stage trained "
+                     f"{cfg.get('train_part', 'nothing recorded')}): give latent_loss LAMBDA,LPIPS_WEIGHT")
+
+
 class ImageCoder:
     """Codes RGB arrays with one codec point (``--codec``: a zoo name, a
     checkpoint id or path, or ``zoo:ARCH:QUALITY``). ``arch`` is the point's
-    latent codec (``latent_codecs``)."""
+    latent codec (``latent_codecs``). ``latent_steps`` > 0: the encoder
+    searches each image's latents for that many steps (``latent_search``)
+    against ``latent_loss`` (default: ``training_loss``); decoding is
+    unchanged."""
 
     def __init__(self, codec: str = image_models.DEFAULT_CODEC, device: str = "cpu",
-                 zoo_pretrained: bool = True, text_encoder: str | None = None) -> None:
+                 zoo_pretrained: bool = True, text_encoder: str | None = None, latent_steps: int = 0,
+                 latent_loss=None) -> None:
         self.model = image_models.resolve(codec, zoo_pretrained=zoo_pretrained)
         self.device = device
         self.net = self.model.net.to(device).eval()
         self.stride = self.model.stride
         self.arch = latent_codecs.for_model(self.model, self.net, device)
+        self.latent_steps, self.latent_loss = 0, None
+        if latent_steps:
+            self._set_latent_search(int(latent_steps), latent_loss)
         # a text-guided point (codec/text_guided.py) encodes with captions; its text encoder loads on
         # first encode (decoding never needs it). ``text_encoder``: where its recorded weights lie, when
         # not under the recorded name
         self.text_guided = hasattr(self.net, "analysis")
         self._text_encoder_spec = text_encoder
         self._text_encoder = None
+
+    def _set_latent_search(self, steps: int, loss) -> None:
+        """Encode with a latent search of ``steps`` steps (``latent_search``)
+        against ``loss`` (a ``SearchLoss``, its ``LAMBDA,LPIPS`` spelling, or
+        None: the loss the point's transforms were trained at)."""
+        from . import latent_search
+        from .search_loss import SearchLoss
+
+        if steps < 0:
+            raise ValueError(f"latent_steps must be >= 0, got {steps}")
+        if not self.arch.exact:
+            raise ValueError(f"a latent search needs one of semarc's own architectures, not {self.model.arch}")
+        if loss is None:
+            loss = training_loss(self.model)
+        elif not isinstance(loss, SearchLoss):
+            loss = SearchLoss.parse(loss)
+        lpips_net = None
+        if loss.lpips_weight > 0:
+            from ..metrics import LPIPSAlex
+
+            lpips_net = LPIPSAlex().to(self.device)
+        self.latent_steps, self.latent_loss = steps, loss
+
+        def search(x, y, z, size):
+            return latent_search.search_latents(self.net, x, y, z, size, steps, loss, lpips_net)
+
+        self.arch.search = search
 
     def text_encoder(self):
         """The text encoder this point was trained with (weights checked)."""
@@ -120,7 +172,7 @@ class ImageCoder:
                     out[i] = CodedImage(header + body, check16(header + body), w, h)
                 continue
             text = (torch.stack([emb[i] for i in idx]), None) if self.text_guided else None
-            bodies, syms, expect = self.arch.encode(x, text)
+            bodies, syms, expect = self.arch.encode(x, text, size=(h, w))
             hp, wp = x.shape[-2:]
             for j, i in enumerate(idx):
                 if verify:

@@ -96,6 +96,9 @@ class LatentCodec:
 
     def __init__(self, net: torch.nn.Module, stride: int, device: str) -> None:
         self.net, self.stride, self.device = net, stride, device
+        # encoder-side latent search (``latent_search``; ``image.ImageCoder``'s latent_steps): a callable
+        # (x, y, z, size) -> (y, z) run between the analysis and the coding, or None
+        self.search = None
 
     def describe(self) -> dict:
         return {}
@@ -123,9 +126,13 @@ class Factorized(LatentCodec):
         med = eb._get_medians()
         return torch.round(y_hat - med).to(torch.int32)
 
-    def encode(self, x: torch.Tensor, text: tuple | None = None) -> tuple[list[bytes], list[bytes], list]:
+    def encode(self, x: torch.Tensor, text: tuple | None = None,
+               size: tuple[int, int] | None = None) -> tuple[list[bytes], list[bytes], list]:
+        """``size``: (h, w) of the images before padding (what a latent search scores)."""
         eb = self.net.entropy_bottleneck
         y = self.analyze(x, text)
+        if self.search is not None:
+            y, _ = self.search(x, y, None, size or tuple(x.shape[-2:]))
         bodies = eb.compress(y)
         sym = self._symbols(eb.quantize(y, "dequantize", eb._get_medians()))
         return bodies, [sym[j].cpu().numpy().tobytes() for j in range(x.shape[0])], [None] * x.shape[0]
@@ -181,16 +188,20 @@ class Hyperprior(Factorized):
             prev = p
         return b"".join(out)
 
-    def encode(self, x: torch.Tensor, text: tuple | None = None) -> tuple[list[bytes], list[bytes], list[tuple]]:
+    def encode(self, x: torch.Tensor, text: tuple | None = None,
+               size: tuple[int, int] | None = None) -> tuple[list[bytes], list[bytes], list[tuple]]:
         """Bodies (z string, listed indexes, y strings), symbol bytes and the
         tables (``entropy_decode``'s ``expect``) per image. The tables are
         computed image by image, by the decoder's own functions on exactly the
         inputs the decoder will have (z_hat, then the anchors alone), so a
-        batch and single images give the same bytes."""
+        batch and single images give the same bytes. ``size``: (h, w) of the
+        images before padding (what a latent search scores)."""
         net = self.net
         eb = net.entropy_bottleneck
         y = self.analyze(x, text)
         z = image_models.hyper_analysis(net, y)
+        if self.search is not None:
+            y, z = self.search(x, y, z, size or tuple(x.shape[-2:]))
         z_strings = eb.compress(z)
         # the decoder's z_hat: symbols + medians, what decompress returns (the
         # verification checks it bit for bit)

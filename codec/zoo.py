@@ -46,6 +46,8 @@ class ZooEntry:
     encode_img_s: float    # Kodak images/s, one CPU thread, with the encode-time verification
     decode_img_s: float
     recipe: str            # the command that made the checkpoint (its earlier steps: codec/weights/README.md)
+    loss: tuple[float, float] = (0.0, 0.0)  # (lambda, LPIPS-Alex weight) its transforms were last trained at:
+    #                                         what a latent search (codec/latent_search.py) minimises
 
     def as_json(self, default: str) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint, "arch": self.arch, "kodak_bpp": self.kodak_bpp,
@@ -65,7 +67,8 @@ ZOO: tuple[ZooEntry, ...] = (
                "--crop 256 --quant mixed --hyper-input rounded --means hyper "
                "--init train_runs/semarc-h05s-ent/semarc-h05s-ent.pt --lmbda 0.00015 --lpips-weight 0.09 --lr 1e-4 "
                "--steps 1400 --lr-drop-step 1150 --log-every 25 --save-every 25 --threads 1 "
-               "--corpus ~/.cache/semarc/corpus --export codec/weights/semarc-h05s.pt"),
+               "--corpus ~/.cache/semarc/corpus --export codec/weights/semarc-h05s.pt",
+        loss=(0.00015, 0.09)),
     ZooEntry(
         name="semarc-q2", checkpoint="semarc-h10s",
         fingerprint="e6e346db6ad9af9aa31cb33e0ad25ea0a038fa392ca6cfbde88077ec80eaba8b",
@@ -77,7 +80,8 @@ ZOO: tuple[ZooEntry, ...] = (
                "--crop 192 --train-part entropy --entropy-data latents --hyper-input rounded --means hyper "
                "--init codec/weights/semarc-h10c.pt --lr 1e-4 --lr-fresh 1e-3 --steps 2000 --lr-drop-step 1600 "
                "--log-every 50 --save-every 100 --threads 1 --corpus ~/.cache/semarc/corpus "
-               "--export codec/weights/semarc-h10s.pt"),
+               "--export codec/weights/semarc-h10s.pt",
+        loss=(0.0006, 0.3)),  # semarc-h10n's joint stage; the later stages trained the entropy model alone
     ZooEntry(
         name="semarc-fast", checkpoint="semarc-f1",
         fingerprint="5b60fb3f207dd409d6f49f55cbe14865b2ceaea928e46344a649066668c7c910",
@@ -86,7 +90,8 @@ ZOO: tuple[ZooEntry, ...] = (
         arch="factorized", size="N=64 M=96, 0.76 M params",
         kodak_bpp=0.0990, psnr=25.33, lpips=0.5180, encode_img_s=7.821, decode_img_s=4.987,
         recipe="semarc train-codec --run train_runs/semarc-f1 --N 64 --M 96 --lmbda 0.001 --steps 12000 --threads 1 "
-               "--export codec/weights/semarc-f1.pt"),
+               "--export codec/weights/semarc-f1.pt",
+        loss=(0.001, 0.0)),
 )
 
 

@@ -106,7 +106,8 @@ def _encode_shards(ray, sink: ShardSink, pending: list[int], opts: EncodeOptions
         cpt_pool = captioner_pool(specs["captioner"], opts.captioner_config().to_dict(), opts.threads_per_actor,
                                   opts.storage_options)
     cap_pool, img_pool = codec_pools(specs, caption_model, opts.caption_profile, opts.codec,
-                                     opts.threads_per_actor, opts.storage_options)
+                                     opts.threads_per_actor, opts.storage_options, opts.latent_steps,
+                                     opts.latent_loss)
     if cpt_pool is not None:
         ensure_loaded(ray, cpt_pool, f"the captioner {opts.captioner!r} ({opts.captioner_backend})")
     image_profile = img_pool.first("describe")

@@ -231,7 +231,7 @@ def cmd_bench(args) -> int:
                   points=args.points.split(",") if args.points else None, images_dir=args.images,
                   which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS,
                   captions=args.captions, speed_reps=args.speed_reps, corpus=args.corpus, max_side=args.max_side,
-                  command=args.command_line)
+                  latent_steps=tuple(int(v) for v in args.latent_steps.split(",")), command=args.command_line)
         return EXIT_OK
     if args.what == "fuzz":
         from semarc.bench import fuzz
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--points", default=None,
                    help="kodak, crossdevice: comma-separated image codecs: zoo names, checkpoint ids or checkpoint "
                         "paths (default: the zoo's checkpoints)")
+    b.add_argument("--latent-steps", default="0", metavar="N[,N...]",
+                   help="kodak: measure each point at each of these latent-search step counts (0: the plain "
+                        "encoder; e.g. 0,30 gives both, side by side)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline, read: input image side in pixels")
     b.add_argument("--caption-every", type=int, default=1,

@@ -129,3 +129,31 @@ def test_per_source_compares_each_corpus_source_with_the_summary_codec():
     assert "| `p` | walls | 2 | 0.0300 | 31.00 | 0.1500 | avif |" in md and md.count("| `p` | ") == 3
     r["images"] = ["kodim01", "kodim02"]
     assert "## Per source" not in kodak.markdown(r)
+
+
+def test_latent_steps_measure_each_point_plainly_and_searched_side_by_side(tmp_path):
+    """``--latent-steps 0,N``: each point twice, the search row matched to the
+    classical codecs at its own bytes and compared with the plain row."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, a in _crops():
+        Image.fromarray(a).save(folder / f"{name}.png")
+    r = kodak.run(str(tmp_path / "out"), baselines=["jpeg"], points=["semarc-f1"], images_dir=str(folder),
+                  which=("psnr", "lpips"), speed_reps=1, plot=False, latent_steps=(0, 4))
+    assert list(r["points"]) == ["semarc-f1", "semarc-f1-search4"]
+    assert r["points"]["semarc-f1-search4"]["latent_steps"] == 4
+    assert r["points"]["semarc-f1-search4"]["latent_loss"] == [0.001, 0.0]
+    assert list(r["speed"]) == ["semarc-f1"]  # no speed round for a search row: its seconds per image instead
+    assert r["command"].endswith("--latent-steps 0,4")
+    sem = {x["point"]: x for x in r["rows"] if x["codec"] == "semarc"}
+    plain, searched = sem["semarc-f1"], sem["semarc-f1-search4"]
+    assert searched["encode_s"] > plain["encode_s"] > 0
+    jpeg_targets = {x["point"]: x["target"] for x in r["per_image"] if x["codec"] == "jpeg"}
+    assert set(jpeg_targets) == {"semarc-f1", "semarc-f1-search4"}  # each row matched at its own bytes
+    md = (tmp_path / "out" / "kodak.md").read_text()
+    assert "## Latent search" in md
+    line = next(l for l in md.splitlines() if l.startswith("| semarc-f1-search4 | semarc-f1 |"))
+    assert f"{searched['psnr'] - plain['psnr']:+.2f}" in line
+    assert f"{100 * (searched['bpp'] / plain['bpp'] - 1):+.1f}%" in line

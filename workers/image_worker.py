@@ -10,7 +10,10 @@ from .meter import Metered, metered
 
 class ImageWorker(Metered):
     def __init__(self, codec: str, threads: int = 1, storage_options: dict | None = None,
-                 zoo_pretrained: bool = True, device: str = "auto") -> None:
+                 zoo_pretrained: bool = True, device: str = "auto", latent_steps: int = 0,
+                 latent_loss: str | None = None) -> None:
+        """``latent_steps``, ``latent_loss``: the encoder's latent search
+        (``codec/latent_search.py``; 0 steps: none)."""
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
@@ -18,7 +21,8 @@ class ImageWorker(Metered):
 
         from .device import pick_device
 
-        self.coder = ImageCoder(codec, device=pick_device(device), zoo_pretrained=zoo_pretrained)
+        self.coder = ImageCoder(codec, device=pick_device(device), zoo_pretrained=zoo_pretrained,
+                                latent_steps=latent_steps, latent_loss=latent_loss)
         self.storage_options = storage_options or {}
 
     def pid(self) -> int:

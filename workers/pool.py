@@ -293,9 +293,11 @@ def stage_report(pools: dict, wall_s: float) -> dict:
 
 
 def codec_pools(specs: dict, caption_model: str, caption_profile: str, codec: str, threads: int,
-                storage_options: dict) -> tuple[ActorPool, ActorPool]:
+                storage_options: dict, latent_steps: int = 0,
+                latent_loss: str | None = None) -> tuple[ActorPool, ActorPool]:
     """The caption-coding and image-coding pools of a job, sized by ``specs``
-    (``cluster.ray_cluster.size_pools``)."""
+    (``cluster.ray_cluster.size_pools``); ``latent_steps``, ``latent_loss``: the
+    image encoders' latent search (encode jobs)."""
     from .caption_worker import CaptionWorker
     from .image_worker import ImageWorker
 
@@ -303,7 +305,7 @@ def codec_pools(specs: dict, caption_model: str, caption_profile: str, codec: st
     cap = ActorPool(CaptionWorker, cs.size, cs.num_cpus, cs.num_gpus,
                     args=(caption_model, caption_profile, threads, cs.batch_size), name="caption")
     img = ActorPool(ImageWorker, ims.size, ims.num_cpus, ims.num_gpus,
-                    args=(codec, threads, storage_options), name="image")
+                    args=(codec, threads, storage_options, True, "auto", latent_steps, latent_loss), name="image")
     return cap, img
 
 

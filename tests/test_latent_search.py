@@ -1,0 +1,123 @@
+"""Encoder-side latent search (codec/latent_search.py): the encoder searches
+for latents with a lower training loss, the coder writes exactly those, the
+decoder and the decoded exactness are unchanged, and an encode job records
+and uses the option."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import skimage.data
+import torch
+
+from semarc.codec import image_models, latent_search, record, zoo
+from semarc.codec.image import ImageCoder, _pad, training_loss
+from semarc.codec.search_loss import SearchLoss
+from semarc.metrics import LPIPSAlex
+
+
+@pytest.fixture(scope="module")
+def crops():
+    a = skimage.data.astronaut()
+    return [a[100:180, 150:250].copy(), a[300:380, 40:140].copy()]  # 80x100: padded to 128x128
+
+
+def test_search_lowers_the_points_loss_and_the_coder_writes_its_latents(crops):
+    coder = ImageCoder("semarc-q1", latent_steps=8)
+    net, a = coder.net, crops[0]
+    loss = training_loss(coder.model)
+    assert loss == SearchLoss(0.00015, 0.09)  # semarc-h05s's own
+    lp = LPIPSAlex()
+    with torch.no_grad():
+        x = _pad(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, coder.stride)
+        y = image_models.analysis(net, x)
+        z = image_models.hyper_analysis(net, y)
+    ys, zs = latent_search.search_latents(net, x, y, z, a.shape[:2], 8, loss, lp)
+    target = x[..., :a.shape[0], :a.shape[1]]
+    with torch.no_grad():
+        plain = latent_search.objective(net, y, z, target, loss, lp).item()
+        found = latent_search.objective(net, ys, zs, target, loss, lp).item()
+    assert found < plain * 0.995, (found, plain)  # a real gain, not the encoder's own guess returned
+    # the coder writes the searched latents: the same bytes as a coder handed them
+    handed = ImageCoder("semarc-q1")
+    handed.arch.search = lambda x_, y_, z_, size: (ys, zs)
+    searched = coder.encode_batch([a])[0]
+    assert searched.payload == handed.encode_batch([a])[0].payload
+    assert searched.payload != ImageCoder("semarc-q1").encode_batch([a])[0].payload
+    # which any decoder decodes exactly (the check covers the symbols)
+    back = ImageCoder("semarc-q1").decode_batch([(searched.payload, searched.check)])[0]
+    assert back.shape == a.shape and back.dtype == np.uint8
+
+
+@pytest.mark.parametrize("codec", ["semarc-fast", "semarc-q1"])
+def test_each_image_is_searched_alone_so_batches_do_not_change_bytes(codec, crops):
+    coder = ImageCoder(codec, latent_steps=4)
+    together = coder.encode_batch(crops)
+    alone = [coder.encode_batch([a])[0] for a in crops]
+    assert [c.payload for c in together] == [c.payload for c in alone]
+    assert ImageCoder(codec, latent_steps=0).encode_batch(crops[:1])[0].payload == \
+        ImageCoder(codec).encode_batch(crops[:1])[0].payload
+
+
+def test_the_loss_searched_is_the_points_own_or_the_one_given(tmp_path):
+    assert {e.checkpoint: e.loss for e in zoo.ZOO} == {
+        "semarc-h05s": (0.00015, 0.09), "semarc-h10s": (0.0006, 0.3), "semarc-f1": (0.001, 0.0)}
+    torch.manual_seed(0)
+    net = image_models.build("factorized", {"N": 8, "M": 8})
+    joint = tmp_path / "joint.pt"
+    image_models.save_checkpoint(joint, "factorized", {"N": 8, "M": 8}, net,
+                                 meta={"train_config": {"lmbda": 0.002, "lpips_weight": 0.5}})
+    assert ImageCoder(str(joint), latent_steps=1).latent_loss == SearchLoss(0.002, 0.5)
+    entropy = tmp_path / "entropy.pt"
+    image_models.save_checkpoint(entropy, "factorized", {"N": 8, "M": 8}, net,
+                                 meta={"train_config": {"lmbda": 0.002, "train_part": "entropy"}})
+    with pytest.raises(ValueError, match="latent_loss"):
+        ImageCoder(str(entropy), latent_steps=1)
+    assert ImageCoder(str(entropy), latent_steps=1, latent_loss="0.001,0.2").latent_loss == SearchLoss(0.001, 0.2)
+    # a shipped id whose weights are not the shipped ones does not borrow the zoo's loss
+    assert training_loss(image_models.LoadedModel("semarc-h05s", "factorized", {}, net, "0" * 64,
+                                                  meta={"train_config": {"lmbda": 0.003}})) == SearchLoss(0.003)
+
+
+@pytest.mark.parametrize("text", ["", "a", "0", "-1,0", "0.001,-0.1", "1,2,3", "nan", "0.001,inf"])
+def test_bad_search_losses_are_refused(text):
+    with pytest.raises(ValueError):
+        SearchLoss.parse(text)
+
+
+def test_negative_steps_and_non_exact_architectures_are_refused():
+    with pytest.raises(ValueError, match=">= 0"):
+        ImageCoder("semarc-fast", latent_steps=-1)
+    with pytest.raises(ValueError, match="semarc's own architectures"):
+        ImageCoder("zoo:bmshj2018-factorized:1", zoo_pretrained=False, latent_steps=2)
+
+
+def test_an_encode_job_searches_records_the_option_and_refuses_another(tmp_path, crops):
+    import semarc
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, a in enumerate(crops):
+        Image.fromarray(a).save(src / f"crop{i}.png")
+    dst = tmp_path / "dst"
+    rep = semarc.encode(str(src), str(dst), codec="semarc-fast", latent_steps=6, progress=False, num_cpus=1,
+                        caption_pool=1, image_pool=1)
+    assert rep.ok == 2 and not rep.errors, rep
+    assert json.loads((dst / "_job.json").read_text())["config"]["latent_steps"] == 6
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(dst.glob("part-*.parquet"))]).to_pylist()
+    stored = {r["key"].rsplit(".", 1)[0]: r["image"] for r in table}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job's actors ran (threads_per_actor 1): the search's floats depend on it
+    try:
+        coder = ImageCoder("semarc-fast", latent_steps=6)
+        for i, a in enumerate(crops):
+            c = coder.encode_batch([a])[0]
+            assert stored[f"crop{i}"] == record.pack_image(c.payload, c.check)
+            assert c.payload != ImageCoder("semarc-fast").encode_batch([a])[0].payload
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(Exception, match="configuration"):
+        semarc.encode(str(src), str(dst), codec="semarc-fast", latent_steps=0, progress=False, num_cpus=1)
