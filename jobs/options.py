@@ -127,7 +127,7 @@ class EncodeOptions(JobOptions):
     shard_size: int = opt(256, help="records per shard")
     latent_steps: int = opt(0, metavar="N",
                             help="search each image's latents for N steps against the point's training loss "
-                                 "before coding (codec/latent_search.py): at N=30, 3% fewer bytes with better "
+                                 "before coding (codec/latent_search.py): at N=30, 2-3% fewer bytes with better "
                                  "PSNR, LPIPS and DISTS, for an encode about 100 times slower on a CPU (a job "
                                  "for GPU image workers); the decoder and format are unchanged (default 0: none)")
     latent_loss: str | None = opt(None, metavar="LAMBDA[,LPIPS]",

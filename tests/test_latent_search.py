@@ -121,3 +121,16 @@ def test_an_encode_job_searches_records_the_option_and_refuses_another(tmp_path,
         torch.set_num_threads(threads)
     with pytest.raises(Exception, match="configuration"):
         semarc.encode(str(src), str(dst), codec="semarc-fast", latent_steps=0, progress=False, num_cpus=1)
+
+
+def test_an_encode_job_checks_its_search_options_before_any_work():
+    from semarc.jobs.inputs import JobError
+    from semarc.jobs.options import EncodeOptions
+
+    assert "latent_steps" not in EncodeOptions().job_config()  # archives written before the option resume unchanged
+    cfg = EncodeOptions(latent_steps=30, latent_loss="0.0002, 0.1").job_config()
+    assert cfg["latent_steps"] == 30 and cfg["latent_loss"] == [0.0002, 0.1]
+    for bad, why in (({"latent_steps": -1}, ">= 0"), ({"latent_loss": "0.001"}, "latent_steps N > 0"),
+                     ({"latent_steps": 5, "latent_loss": "x"}, "latent_loss")):
+        with pytest.raises(JobError, match=why):
+            EncodeOptions(**bad).job_config()

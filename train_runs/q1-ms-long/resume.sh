@@ -5,6 +5,8 @@
 # -2.2% and DISTS -0.8% on the validation split but LPIPS-Alex +0.2%. Mixed quantisation, learning rate 1e-4
 # dropping tenfold at step 3600; several working days on one CPU thread. Run from the project's root, venv active,
 # the corpus built by `semarc corpus ~/.cache/semarc/corpus`. Stop it with kill PID; run this again to resume exactly.
+# Its resumable state (state.pt, never committed) stayed on the machine that trained it, at step 1,750:
+# train_runs/q1-ms-4k runs the same command from the start. This folder keeps the log and evaluations.
 set -euo pipefail
 exec semarc train-codec --run train_runs/q1-ms-long --arch checkerboard --N 128 --M 192 --batch 8 --crop 256 \
   --quant mixed --hyper-input rounded --means hyper --init codec/weights/semarc-h05s.pt --lmbda 0.00015 \
