@@ -122,6 +122,13 @@ def quantize_latent(y: torch.Tensor, means: torch.Tensor | None,
     return q, (q if means is None else q + means)
 
 
+def latent_scales(net, z_hat: torch.Tensor, y_sym: torch.Tensor) -> torch.Tensor:
+    """The latent's scales (training form): ``h_s(z_hat)``, refined by the
+    anchors of the symbols ``y_sym`` for a checkerboard network."""
+    s = net.h_s(z_hat)
+    return net.scales(s, y_sym) if hasattr(net, "scales") else s
+
+
 from .names import EXACT_ARCHS  # noqa: E402  (defined without torch for the command line)
 
 

@@ -37,20 +37,15 @@ import torch
 import torch.nn.functional as F
 
 from . import image_models
-from .search_loss import SearchLoss  # noqa: F401  (the loss searched; re-exported)
+from .search_loss import SearchLoss
 
 LR = 0.003  # Adam's step on y and z (units of one quantisation step: 1.0)
-
-
-def _ste_round(v: torch.Tensor) -> torch.Tensor:
-    return v + (torch.round(v) - v).detach()
 
 
 def _bits_z(eb, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_hat, bits): the hyper-latent as the coder rounds it (symbols around
     the medians) and its bits under the factorized model."""
-    med = eb._get_medians()
-    z_hat = _ste_round(z - med) + med
+    _, z_hat = image_models.quantize_latent(z, eb._get_medians(), ste=True)
     c = z_hat.shape[1]
     lik, _, _ = eb._likelihood(z_hat.transpose(0, 1).reshape(c, 1, -1))
     if eb.use_likelihood_bound:
@@ -66,11 +61,8 @@ def _forward(net, y: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor
     z_hat, bits_z = _bits_z(net.entropy_bottleneck, z)
     mu = image_models.latent_means(net, z_hat)
     y_sym, y_hat = image_models.quantize_latent(y, mu, ste=True)
-    scales = net.h_s(z_hat)
-    if hasattr(net, "scales"):  # the checkerboard context over the anchors' symbols
-        scales = net.scales(scales, y_sym)
     gc = net.gaussian_conditional
-    lik = gc._likelihood(y_hat, scales, means=mu)
+    lik = gc._likelihood(y_hat, image_models.latent_scales(net, z_hat, y_sym), means=mu)
     if gc.use_likelihood_bound:
         lik = gc.likelihood_lower_bound(lik)
     return net.g_s(y_hat), bits_z - torch.log2(lik).sum()

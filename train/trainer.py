@@ -168,7 +168,7 @@ def _mixed_forward(net, x, text=None):
         z_hat = _ste(z, eb.quantize(z, "dequantize", eb._get_medians()))
         mu = image_models.latent_means(net, z_hat)
         y_sym, y_hat = image_models.quantize_latent(y, mu, ste=True)
-        _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu)
+        _, y_l = net.gaussian_conditional(y, image_models.latent_scales(net, z_hat, y_sym), means=mu)
         return net.g_s(y_hat), [y_l, z_l]
     _, y_l = eb(y)
     return net.g_s(_ste(y, eb.quantize(y, "dequantize", eb._get_medians()))), [y_l]
@@ -193,13 +193,6 @@ def rd_loss(net, x, lmbda, lpips_net=None, lpips_weight: float = 0.0, quant: str
     return loss, bpp, mse, lp
 
 
-def _y_scales(net, z_hat, y_round):
-    """The latent's scales: ``h_s(z_hat)``, refined by the anchors of
-    ``y_round`` for a checkerboard model."""
-    s = net.h_s(z_hat)
-    return net.scales(s, y_round) if hasattr(net, "scales") else s
-
-
 def entropy_loss(net, x=None, y=None):
     """(loss, bpp, mse, lpips) for a run that trains the entropy model alone
     (``--train-part entropy``): the transforms are frozen, the latent is
@@ -220,7 +213,7 @@ def entropy_loss(net, x=None, y=None):
     z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y))
     mu = image_models.latent_means(net, z_hat)
     y_sym, _ = image_models.quantize_latent(y, mu)
-    scales = _y_scales(net, z_hat, y_sym)
+    scales = image_models.latent_scales(net, z_hat, y_sym)
     _, y_l = net.gaussian_conditional(y, scales, means=mu, training=False)
     bpp = _bpp([y_l, z_l], y, LATENT_STRIDE ** 2)
     if mu is not None:
@@ -312,7 +305,8 @@ def decoder_latents(net, x):
             z_hat, z_l = net.entropy_bottleneck(image_models.hyper_analysis(net, y), training=False)
             mu = image_models.latent_means(net, z_hat)
             y_sym, y_hat = image_models.quantize_latent(y, mu)
-            _, y_l = net.gaussian_conditional(y, _y_scales(net, z_hat, y_sym), means=mu, training=False)
+            scales = image_models.latent_scales(net, z_hat, y_sym)
+            _, y_l = net.gaussian_conditional(y, scales, means=mu, training=False)
             return y_hat, _bpp([y_l, z_l], x)
         y_hat, y_l = net.entropy_bottleneck(y, training=False)
         return y_hat, _bpp([y_l], x)
