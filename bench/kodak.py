@@ -40,7 +40,11 @@ encode speed counts the text encoder (its cache is emptied before each image).
 30 steps of encoder-side latent search (``codec/latent_search.py``; rows
 ``POINT-search30``), each matched to the classical codecs at its own bytes,
 and compares them in "Latent search" (bytes, quality, encode seconds per
-image; the search rows get no speed round).
+image; the search rows get no speed round). The search minimises the point's
+own training loss, or ``--latent-loss LAMBDA[,LPIPS]`` (rows
+``POINT-search30-lossLAMBDA,LPIPS``). ``--only NAME[,NAME...]`` measures
+those images of the set alone (e.g. three validation images, to choose a
+setting before a full run).
 
 Writes ``DIR/kodak.json`` (rows: means over the images per codec and rate point;
 per-image figures; command, machine, versions, speed), ``DIR/kodak.md`` and
@@ -392,7 +396,8 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
         speed_reps: int = 3, command: str | None = None, plot: bool = True, images_dir: str | None = None,
         which: tuple[str, ...] = METRICS, captions: str | None = None, corpus: str | None = None,
-        max_side: int | None = None, latent_steps: tuple[int, ...] = (0,)) -> dict:
+        max_side: int | None = None, latent_steps: tuple[int, ...] = (0,), latent_loss: str | None = None,
+        only: list[str] | None = None) -> dict:
     import torch
 
     from semarc import metrics
@@ -409,6 +414,20 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         caption_of_split = {it["key"]: it["caption"] for it in split if it["caption"] is not None}
     if images is None:
         images = load_folder(images_dir) if images_dir else load_kodak(shared)
+    if only:  # a subset of the set, in the set's order
+        unknown_images = sorted(set(only) - {n for n, _ in images})
+        if unknown_images:
+            raise SystemExit(f"--only: no image named {', '.join(unknown_images)} in the set")
+        images = [(n, a) for n, a in images if n in set(only)]
+    if latent_loss is not None:
+        from semarc.codec.search_loss import SearchLoss
+
+        if not any(latent_steps):
+            raise SystemExit("--latent-loss is the loss of a latent search: give --latent-steps N > 0 too")
+        try:
+            SearchLoss.parse(latent_loss)
+        except ValueError as e:
+            raise SystemExit(f"--latent-loss: {e}") from None
     which = tuple(which)
     if "psnr" not in which or "lpips" not in which or set(which) - set(METRICS):
         raise SystemExit(f"--metrics: psnr and lpips always, plus any of {', '.join(METRICS)}")
@@ -443,7 +462,9 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                                + (f" --corpus {corpus}" if corpus else "") + (f" --max-side {max_side}" if max_side else "")
                                + (f" --metrics {','.join(which)}" if which != METRICS else "")
                                + (f" --latent-steps {','.join(map(str, latent_steps))}"
-                                  if tuple(latent_steps) != (0,) else "")),
+                                  if tuple(latent_steps) != (0,) else "")
+                               + (f" --latent-loss {latent_loss}" if latent_loss is not None else "")
+                               + (f" --only {','.join(only)}" if only else "")),
         "dataset": dataset,
         "machine": machine(), "torch_threads": threads, "versions": versions(),
         "images": [n for n, _ in images],
@@ -461,8 +482,9 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     }
     variants = []  # (row label, checkpoint, coder, texts by image or None)
     for point, steps in [(p, s) for p in points for s in latent_steps]:
-        label = (Path(point).stem if point.endswith(".pt") else point) + (f"-search{steps}" if steps else "")
-        coder = ImageCoder(point, latent_steps=steps)
+        label = ((Path(point).stem if point.endswith(".pt") else point) + (f"-search{steps}" if steps else "")
+                 + (f"-loss{latent_loss}" if steps and latent_loss is not None else ""))
+        coder = ImageCoder(point, latent_steps=steps, latent_loss=latent_loss if steps else None)
         if not coder.text_guided:
             variants.append((label, point, coder, None))
             continue
@@ -692,7 +714,8 @@ def _search_table(r: dict) -> list[str]:
     sem = {x["point"]: x for x in r["rows"] if x["codec"] == "semarc"}
     lines = ["## Latent search: the same decoder, a slower encoder", "",
              "Each `-searchN` row codes the images with N steps of encoder-side latent search against the point's "
-             "own training loss (codec/latent_search.py), beside the same point's plain encoder: changes in bytes, "
+             "own training loss, or the loss its `-loss` suffix names (codec/latent_search.py), beside the same "
+             "point's plain encoder: changes in bytes, "
              "PSNR and the perceptual metrics (negative = better, except PSNR), and the encode time per image "
              "(seconds, with its verification).", "",
              "| point | against | bytes | PSNR (dB) | LPIPS-Alex | LPIPS-VGG | DISTS | encode s/image |",

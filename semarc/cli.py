@@ -231,7 +231,8 @@ def cmd_bench(args) -> int:
                   points=args.points.split(",") if args.points else None, images_dir=args.images,
                   which=tuple(args.metrics.split(",")) if args.metrics else kodak.METRICS,
                   captions=args.captions, speed_reps=args.speed_reps, corpus=args.corpus, max_side=args.max_side,
-                  latent_steps=tuple(int(v) for v in args.latent_steps.split(",")), command=args.command_line)
+                  latent_steps=tuple(int(v) for v in args.latent_steps.split(",")), latent_loss=args.latent_loss,
+                  only=args.only.split(",") if args.only else None, command=args.command_line)
         return EXIT_OK
     if args.what == "fuzz":
         from semarc.bench import fuzz
@@ -347,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--latent-steps", default="0", metavar="N[,N...]",
                    help="kodak: measure each point at each of these latent-search step counts (0: the plain "
                         "encoder; e.g. 0,30 gives both, side by side)")
+    b.add_argument("--latent-loss", default=None, metavar="LAMBDA[,LPIPS]",
+                   help="kodak: the loss the latent search minimises (default: each point's training loss)")
+    b.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                   help="kodak: only these images of the set (Kodak's kodimNN, a folder's stems, a split's "
+                        "SOURCE/NAME)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline, read: input image side in pixels")
     b.add_argument("--caption-every", type=int, default=1,

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from semarc.bench import kodak
 from semarc.cli import build_parser
@@ -157,3 +158,34 @@ def test_latent_steps_measure_each_point_plainly_and_searched_side_by_side(tmp_p
     line = next(l for l in md.splitlines() if l.startswith("| semarc-f1-search4 | semarc-f1 |"))
     assert f"{searched['psnr'] - plain['psnr']:+.2f}" in line
     assert f"{100 * (searched['bpp'] / plain['bpp'] - 1):+.1f}%" in line
+
+
+def test_only_and_latent_loss_measure_a_subset_against_a_given_search_loss(tmp_path):
+    """``--only`` keeps the named images in the set's order; ``--latent-loss``
+    is the loss the search rows minimise, recorded and named in their label."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    crops = _crops() + [("b-left-out", _crops()[0][1][:64, :96])]
+    for name, a in crops:
+        Image.fromarray(a).save(folder / f"{name}.png")
+    names = sorted(n for n, _ in crops)
+    assert names[1] == "b-left-out"
+    with pytest.raises(SystemExit, match="no image named nope"):
+        kodak.run(str(tmp_path / "x"), baselines=["none"], points=["semarc-f1"], images_dir=str(folder),
+                  only=["nope"], which=("psnr", "lpips"), speed_reps=0, plot=False)
+    with pytest.raises(SystemExit, match="give --latent-steps"):
+        kodak.run(str(tmp_path / "x"), baselines=["none"], points=["semarc-f1"], images_dir=str(folder),
+                  latent_loss="0.002", which=("psnr", "lpips"), speed_reps=0, plot=False)
+    with pytest.raises(SystemExit, match="--latent-loss"):
+        kodak.run(str(tmp_path / "x"), baselines=["none"], points=["semarc-f1"], images_dir=str(folder),
+                  latent_steps=(2,), latent_loss="0.002,x", which=("psnr", "lpips"), speed_reps=0, plot=False)
+    r = kodak.run(str(tmp_path / "out"), baselines=["none"], points=["semarc-f1"], images_dir=str(folder),
+                  only=[names[-1], names[0]], which=("psnr", "lpips"), speed_reps=0, plot=False,
+                  latent_steps=(0, 2), latent_loss="0.002,0.5")
+    assert r["images"] == [names[0], names[-1]]
+    assert list(r["points"]) == ["semarc-f1", "semarc-f1-search2-loss0.002,0.5"]
+    assert r["points"]["semarc-f1-search2-loss0.002,0.5"]["latent_loss"] == [0.002, 0.5]
+    assert {x["image"] for x in r["per_image"]} == {names[0], names[-1]}
+    assert r["command"].endswith(f"--latent-steps 0,2 --latent-loss 0.002,0.5 --only {names[-1]},{names[0]}")
