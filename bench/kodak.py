@@ -415,10 +415,11 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     if images is None:
         images = load_folder(images_dir) if images_dir else load_kodak(shared)
     if only:  # a subset of the set, in the set's order
-        unknown_images = sorted(set(only) - {n for n, _ in images})
+        wanted = set(only)
+        unknown_images = sorted(wanted - {n for n, _ in images})
         if unknown_images:
             raise SystemExit(f"--only: no image named {', '.join(unknown_images)} in the set")
-        images = [(n, a) for n, a in images if n in set(only)]
+        images = [(n, a) for n, a in images if n in wanted]
     if latent_loss is not None:
         from semarc.codec.search_loss import SearchLoss
 
