@@ -308,7 +308,7 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
     from semarc.codec import record
     from semarc.codec.image import _pad
 
-    net = coder.net
+    net = getattr(coder, "net", None)  # None: a mode set (codec/multires.py), timed on semarc's side alone
 
     def _texts(k):  # the text encoder's cost counts: its cache emptied before each encode
         if not coder.text_guided:
@@ -341,6 +341,8 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
 
     names = ["semarc-encode", "semarc-encode-noverify", "compressai-compress", "semarc-decode",
              "compressai-decompress"]
+    if net is None:
+        names = ["semarc-encode", "semarc-encode-noverify", "semarc-decode"]
     best = {n: math.inf for n in names}
     same_strings = same_pixels = 0  # images whose y string / decoded pixels match CompressAI's (first round)
     for rep in range(reps):
@@ -348,8 +350,10 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
         for k, (_, a) in enumerate(images):
             t = time.perf_counter(); sec = s_enc(a, k); tot["semarc-encode"] += time.perf_counter() - t
             t = time.perf_counter(); s_enc_nv(a, k); tot["semarc-encode-noverify"] += time.perf_counter() - t
-            t = time.perf_counter(); r = c_enc(a); tot["compressai-compress"] += time.perf_counter() - t
             t = time.perf_counter(); back = s_dec(sec); tot["semarc-decode"] += time.perf_counter() - t
+            if net is None:
+                continue
+            t = time.perf_counter(); r = c_enc(a); tot["compressai-compress"] += time.perf_counter() - t
             t = time.perf_counter(); back_c = c_dec(r, a); tot["compressai-decompress"] += time.perf_counter() - t
             if rep == 0:
                 same_strings += record.unpack_image(sec)[0].endswith(r["strings"][0][0])
@@ -357,6 +361,9 @@ def measure_speed(coder, images: list[tuple[str, np.ndarray]], reps: int = 2, te
         for n in names:
             best[n] = min(best[n], tot[n])
     ips = {n: round(len(images) / best[n], 3) for n in names}
+    if net is None:
+        return {"images_per_s": ips, "images": len(images), "rounds": reps,
+                "protocol": "1 torch thread, one image per call, best of the rounds"}
     return {"images_per_s": ips,
             "ratio_vs_compressai": {"encode": round(ips["semarc-encode"] / ips["compressai-compress"], 3),
                                     "encode_noverify": round(ips["semarc-encode-noverify"]
@@ -402,7 +409,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
 
     from semarc import metrics
     from semarc.codec import image_models, record, zoo
-    from semarc.codec.image import ImageCoder
+    from semarc.codec.image import open_coder
 
     torch.set_num_threads(threads)
     t_start = time.time()
@@ -441,7 +448,8 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         points = [zoo.checkpoint_id(p) for p in points]
     except zoo.RetiredCodecError as e:
         raise SystemExit(str(e)) from None
-    unknown = [p for p in points if p not in shipped and not (p.endswith(".pt") and Path(p).is_file())]
+    unknown = [p for p in points if p not in shipped and not (p.endswith(".pt") and Path(p).is_file())
+               and "+" not in p]  # a mode set (codec/multires.py) is checked when its coder loads
     if unknown:
         raise SystemExit(f"unknown rate points {unknown}; shipped: {', '.join(zoo.names())}, or a checkpoint path")
     if baselines == ["none"]:
@@ -485,7 +493,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     for point, steps in [(p, s) for p in points for s in latent_steps]:
         label = ((Path(point).stem if point.endswith(".pt") else point) + (f"-search{steps}" if steps else "")
                  + (f"-loss{latent_loss}" if steps and latent_loss is not None else ""))
-        coder = ImageCoder(point, latent_steps=steps, latent_loss=latent_loss if steps else None)
+        coder = open_coder(point, latent_steps=steps, latent_loss=latent_loss if steps else None)
         if not coder.text_guided:
             variants.append((label, point, coder, None))
             continue
@@ -501,8 +509,9 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         result["captions"] = {"file": str(captions_file), "wrong_caption": "the caption of the image len/2 places on "
                                                                       "in the sorted list"}
     for point, ckpt, coder, texts in variants:
-        result["points"][point] = {"fingerprint": coder.describe()["fingerprint"], "arch": coder.model.arch,
-                                   "config": coder.model.config, "checkpoint": ckpt,
+        desc = coder.describe()
+        result["points"][point] = {"fingerprint": desc["fingerprint"], "arch": desc["arch"],
+                                   "config": desc.get("config", {"modes": desc.get("modes")}), "checkpoint": ckpt,
                                    **({"latent_steps": coder.latent_steps,
                                        "latent_loss": [coder.latent_loss.lmbda, coder.latent_loss.lpips_weight]}
                                       if coder.latent_steps else {}),
@@ -632,7 +641,11 @@ def markdown(r: dict) -> str:
                   "CompressAI decompress | encode ratio | decode ratio | same strings / pixels as CompressAI |",
                   "| --- |" + " --- |" * 8]
         for point, s in r["speed"].items():
-            ips, ra = s["images_per_s"], s["ratio_vs_compressai"]
+            ips, ra = s["images_per_s"], s.get("ratio_vs_compressai")
+            if ra is None:  # a mode set: no single CompressAI network to compare with
+                lines.append(f"| {point} | {ips['semarc-encode']} | {ips['semarc-encode-noverify']} | - | "
+                             f"{ips['semarc-decode']} | - | - | - | - |")
+                continue
             same = f"{s['same_strings_as_compressai']} / {s['same_pixels_as_compressai']} of {s['images']}"
             lines.append(f"| {point} | {ips['semarc-encode']} | {ips['semarc-encode-noverify']} | "
                          f"{ips['compressai-compress']} | {ips['semarc-decode']} | {ips['compressai-decompress']} | "

@@ -69,6 +69,19 @@ def training_loss(model: image_models.LoadedModel):
                      f"{cfg.get('train_part', 'nothing recorded')}): give latent_loss LAMBDA,LPIPS_WEIGHT")
 
 
+def open_coder(codec: str = image_models.DEFAULT_CODEC, **kwargs):
+    """The coder ``--codec`` names: an ``ImageCoder`` for a point, a
+    ``multires.MultiResCoder`` for a mode set (``A+B@1/2``). Keyword arguments
+    as ``ImageCoder``'s."""
+    from . import multires
+
+    if multires.is_mode_set(codec):
+        if kwargs.pop("text_encoder", None) is not None:
+            raise ValueError("a mode set has no text-guided point: text_encoder does not apply")
+        return multires.MultiResCoder(codec, **kwargs)
+    return ImageCoder(codec, **kwargs)
+
+
 class ImageCoder:
     """Codes RGB arrays with one codec point (``--codec``: a zoo name, a
     checkpoint id or path, or ``zoo:ARCH:QUALITY``). ``arch`` is the point's

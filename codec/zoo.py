@@ -21,8 +21,9 @@ Figures: Kodak (24 images, never trained on), means per image; bpp counts the
 whole stored image section (header, payload, check). Speed: images/s on Kodak,
 one torch thread, encode with its verification (as jobs run it). From
 ``bench/results/kodak-zoo/kodak.md`` (``semarc-h05s``, ``semarc-h10s``) and
-``bench/results/kodak.md`` (``semarc-f1``); how each checkpoint was trained:
-``codec/weights/README.md``.
+``bench/results/kodak.md`` (``semarc-f1``), ``bench/results/kodak-multires-q1``
+and ``bench/results/kodak-speed-multires-q1`` (``semarc-q1-adaptive``); how each
+checkpoint was trained: ``codec/weights/README.md``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,41 @@ ZOO: tuple[ZooEntry, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class ModeSetEntry:
+    """A named mode set (``codec/multires.py``): the encoder codes each image
+    with one of several shipped points at one of several scales, whichever
+    has the lowest loss (the first mode's training loss). Archives record the
+    set's spelling with checkpoint ids."""
+
+    name: str
+    spec: str               # modes, with checkpoint ids
+    use: str
+    kodak_bpp: float
+    psnr: float
+    lpips: float
+    encode_img_s: float     # Kodak images/s, one CPU thread, with the encode-time verification
+    decode_img_s: float
+
+    def as_json(self) -> dict:
+        """The keys of ``ZooEntry.as_json``: ``checkpoint`` is what archives
+        record (the modes), ``arch`` is ``multires``."""
+        return {"name": self.name, "checkpoint": self.spec, "arch": "multires", "kodak_bpp": self.kodak_bpp,
+                "psnr": self.psnr, "lpips": self.lpips, "encode_img_s": self.encode_img_s,
+                "decode_img_s": self.decode_img_s, "recipe": f"--codec {self.spec} (shipped points, no training)",
+                "default": False}
+
+
+MODE_SETS: tuple[ModeSetEntry, ...] = (
+    ModeSetEntry(
+        name="semarc-q1-adaptive", spec="semarc-h05s+semarc-h10s@3/4+semarc-h10s@1/2",
+        use="q1's band with adaptive resolution: each image at full resolution with semarc-h05s, or at 3/4 or "
+            "1/2 with semarc-h10s, whichever has the lower loss; better PSNR and DISTS per bit, smooth images "
+            "most; 5x slower to encode",
+        kodak_bpp=0.0351, psnr=23.72, lpips=0.4285, encode_img_s=0.346, decode_img_s=1.768),
+)
+
+
 # Checkpoint ids removed before the first release, each with the shipped point that supersedes it.
 RETIRED: dict[str, str] = {
     "semarc-f05": "semarc-h05s", "semarc-p1": "semarc-h10s", "semarc-p06": "semarc-h05s",
@@ -127,7 +163,15 @@ def entry(name: str) -> ZooEntry | None:
 def checkpoint_id(name: str) -> str:
     """``--codec NAME`` -> what archives record: a zoo name becomes its
     checkpoint id; a checkpoint id, a path or a CompressAI zoo name stays as
-    it is. A retired checkpoint id raises ``RetiredCodecError``."""
+    it is; a mode set (``A+B@1/2``, ``codec/multires.py``, or a name in
+    ``MODE_SETS``) becomes the same with each point's checkpoint id. A retired
+    checkpoint id raises ``RetiredCodecError``."""
+    named = next((m.spec for m in MODE_SETS if m.name == name), None)
+    if named is not None:
+        name = named
+    if "+" in name:
+        parts = [p.strip().partition("@") for p in name.split("+")]
+        return "+".join(checkpoint_id(point) + sep + scale for point, sep, scale in parts)
     if name in RETIRED:
         raise RetiredCodecError(retired_message(name))
     e = entry(name)
@@ -154,4 +198,7 @@ def table() -> str:
                                     "e.g. zoo:bmshj2018-factorized:1", "", "recipes (the command that made each "
                                     "checkpoint; every step: codec/weights/README.md):"]
     lines += [f"  {e.name}: {e.recipe}" for e in ZOO]
+    lines += ["", "mode sets (codec/multires.py; --codec also takes POINT+POINT@NUM/DEN+...):"]
+    lines += [f"  {m.name}: {m.spec}, Kodak {m.kodak_bpp:.4f} bpp, {m.psnr:.2f} dB, LPIPS {m.lpips:.3f}, "
+              f"{m.encode_img_s:.2f}/{m.decode_img_s:.2f} img/s: {m.use}" for m in MODE_SETS]
     return "\n".join(lines)

@@ -116,8 +116,9 @@ class EncodeOptions(JobOptions):
     """Options of the encode job (``semarc.encode``, ``semarc encode``)."""
 
     codec: str = opt(names.DEFAULT_CODEC,
-                     help="image codec: a name or checkpoint id from `semarc codecs`, a checkpoint path or "
-                          "zoo:ARCH:QUALITY")
+                     help="image codec: a name or checkpoint id from `semarc codecs`, a checkpoint path, "
+                          "zoo:ARCH:QUALITY, or a mode set POINT+POINT@NUM/DEN+... (adaptive resolution, "
+                          "codec/multires.py)")
     caption_model: str = opt(names.DEFAULT_MODEL,
                              help="causal LM for caption coding: smollm2-135m (offline default), a hub id or a "
                                   "local path")

@@ -161,7 +161,7 @@ def cmd_codecs(args) -> int:
     from semarc.codec import zoo
 
     if args.json:
-        print(json.dumps([e.as_json(zoo.DEFAULT) for e in zoo.ZOO], indent=1))
+        print(json.dumps([e.as_json(zoo.DEFAULT) for e in zoo.ZOO] + [m.as_json() for m in zoo.MODE_SETS], indent=1))
     else:
         print(zoo.table())
     return EXIT_OK

@@ -189,3 +189,22 @@ def test_only_and_latent_loss_measure_a_subset_against_a_given_search_loss(tmp_p
     assert r["points"]["semarc-f1-search2-loss0.002,0.5"]["latent_loss"] == [0.002, 0.5]
     assert {x["image"] for x in r["per_image"]} == {names[0], names[-1]}
     assert r["command"].endswith(f"--latent-steps 0,2 --latent-loss 0.002,0.5 --only {names[-1]},{names[0]}")
+
+
+def test_a_mode_set_is_measured_beside_its_points_with_its_own_speed(tmp_path):
+    r = kodak.run(str(tmp_path), baselines=["none"], points=["semarc-f1", "semarc-fast+semarc-fast@1/2"],
+                  images=_crops(), speed_reps=1, which=("psnr", "lpips"))
+    ms = "semarc-f1+semarc-f1@1/2"  # recorded with checkpoint ids
+    assert list(r["points"]) == ["semarc-f1", ms]
+    assert r["points"][ms]["arch"] == "multires" and [m["scale"] for m in r["points"][ms]["config"]["modes"]] == [
+        "1/1", "1/2"]
+    per = {(x["point"], x["image"]): x for x in r["per_image"] if x["codec"] == "semarc"}
+    for name, a in _crops():  # per image, the set's loss (f1's: lambda 0.001) is at most its full-resolution mode's,
+        n = a.shape[0] * a.shape[1]  # which costs one byte more than f1 alone (the mode)
+
+        def loss(x):
+            return 0.001 * 255 ** 2 * 10 ** (-x["psnr"] / 10) + 8 * x["bytes"] / n
+
+        assert loss(per[(ms, name)]) <= loss(per[("semarc-f1", name)]) + 8 / n + 1e-9
+    assert set(r["speed"][ms]["images_per_s"]) == {"semarc-encode", "semarc-encode-noverify", "semarc-decode"}
+    assert "| semarc-f1+semarc-f1@1/2 |" in (tmp_path / "kodak.md").read_text()

@@ -19,7 +19,8 @@ def test_the_harness_records_crashes_hangs_and_memory_exhaustion():
     assert rep["worker_restarts"] >= want["crash"] + want["timeout"]
 
 
-@pytest.mark.parametrize("target,n", [("image:semarc-h05s", 200), ("image:semarc-f1", 200), ("shard", 20)])
+@pytest.mark.parametrize("target,n", [("image:semarc-h05s", 200), ("image:semarc-f1", 200),
+                                      ("image:semarc-f1+semarc-f1@1/2", 200), ("shard", 20)])
 def test_a_seeded_sample_is_refused_or_decodes_to_its_original(target, n):
     rep = fuzz.campaign({target: n}, mem_mb=4096, timeout=600, progress=False)["targets"][target]
     o = rep["outcomes"]

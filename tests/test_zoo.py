@@ -51,6 +51,16 @@ def test_zoo_figures_are_the_checked_in_benchmarks(path, checkpoint):
         == _bench(path, checkpoint)
 
 
+def test_mode_set_figures_are_the_checked_in_benchmarks():
+    m = next(m for m in zoo.MODE_SETS if m.name == "semarc-q1-adaptive")
+    quality = _bench("bench/results/kodak-speed-multires-q1/kodak.json", m.spec)
+    assert {k: getattr(m, k) for k in quality} == quality
+    row = next(x for x in json.loads((REPO / "bench/results/kodak-multires-q1/kodak.json").read_text())["rows"]
+               if x["codec"] == "semarc")  # the quality run with the classical codecs: the same bytes
+    assert (round(row["bpp"], 4), round(row["psnr"], 2), round(row["lpips"], 4)) == (
+        m.kodak_bpp, m.psnr, m.lpips) and row["point"] == m.spec
+
+
 def test_recipes_name_their_run_folders_and_export_the_checkpoint():
     for e in zoo.ZOO:
         assert e.recipe.startswith("semarc train-codec --run train_runs/")
@@ -103,7 +113,9 @@ def test_codecs_command_table_and_json():
     j = run_cli("codecs", "--json")
     assert j.returncode == 0, j.stderr
     got = json.loads(j.stdout)
-    assert [x["name"] for x in got] == [e.name for e in zoo.ZOO]
+    assert [x["name"] for x in got] == [e.name for e in zoo.ZOO] + [m.name for m in zoo.MODE_SETS]
+    for m in zoo.MODE_SETS:  # each mode set in the table too, with the checkpoint ids it records
+        assert f"{m.name}: {m.spec}" in r.stdout and m.spec == zoo.checkpoint_id(m.spec)
     assert all(set(x) == JSON_KEYS for x in got)
     assert [x["name"] for x in got if x["default"]] == ["semarc-q1"]
     assert got[0]["checkpoint"] == "semarc-h05s" and got[0]["arch"] == "checkerboard"

@@ -17,12 +17,12 @@ class ImageWorker(Metered):
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-        from semarc.codec.image import ImageCoder
+        from semarc.codec.image import open_coder
 
         from .device import pick_device
 
-        self.coder = ImageCoder(codec, device=pick_device(device), zoo_pretrained=zoo_pretrained,
-                                latent_steps=latent_steps, latent_loss=latent_loss)
+        self.coder = open_coder(codec, device=pick_device(device), zoo_pretrained=zoo_pretrained,
+                               latent_steps=latent_steps, latent_loss=latent_loss)
         self.storage_options = storage_options or {}
 
     def pid(self) -> int:
