@@ -161,13 +161,13 @@ class MultiResCoder:
                 "check": "the mode's point's check", "fingerprint": digest}
 
     # -- encode -------------------------------------------------------------------
-    def _loss(self, ref: np.ndarray, img: np.ndarray, nbytes: int) -> float:
-        from .. import metrics
-
+    def _loss(self, ref: np.ndarray, img: np.ndarray, nbytes: int, scorer=None) -> float:
+        """The decision loss of ``img`` against ``ref``; ``scorer``: a
+        ``metrics.Scorer`` of ``ref`` (its LPIPS features computed once per image)."""
         mse = float(np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2))
         loss = self.decision_loss.lmbda * mse + 8.0 * nbytes / (ref.shape[0] * ref.shape[1])
         if self.decision_loss.lpips_weight > 0:
-            loss += self.decision_loss.lpips_weight * metrics.lpips(ref, img)
+            loss += self.decision_loss.lpips_weight * scorer(img)["lpips"]
         return loss
 
     def encode_batch(self, arrays: list[np.ndarray], verify: bool = True, texts=None) -> list:
@@ -179,7 +179,10 @@ class MultiResCoder:
         for i, a in enumerate(arrays):
             if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
                 raise ImageCodecError(f"image {i}: expected HxWx3 uint8, got {a.shape} {a.dtype}")
+        from .. import metrics
+
         best: list[tuple[float, int, CodedImage] | None] = [None] * len(arrays)
+        scorers = [metrics.Scorer(a, ("lpips",)) if self.decision_loss.lpips_weight > 0 else None for a in arrays]
         searches = {p: c.arch.search for p, c in self._coders.items()}
         try:  # with a latent search, the mode is chosen by plain encodes, then searched alone (below)
             for c in self._coders.values():
@@ -187,7 +190,7 @@ class MultiResCoder:
             for k, m in enumerate(self.modes):
                 coded, backs = self._code(k, arrays, verify)
                 for i, (a, x, back) in enumerate(zip(arrays, coded, backs)):
-                    loss = self._loss(a, back, len(record.pack_image(x.payload, x.check)))
+                    loss = self._loss(a, back, len(record.pack_image(x.payload, x.check)), scorers[i])
                     if best[i] is None or loss < best[i][0]:
                         best[i] = (loss, k, x)
         finally:

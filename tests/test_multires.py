@@ -80,6 +80,21 @@ def test_each_image_takes_the_mode_of_lowest_loss_and_decodes_to_its_size(coder,
     assert [c.payload for c in coded] == [coder.encode_batch([a])[0].payload for a in images]
 
 
+def test_an_lpips_term_in_the_decision_loss_is_scored_as_the_metric(images):
+    loss = SearchLoss(0.0005, 0.5)
+    c = open_coder(FAST2, decision_loss=loss)
+    single = ImageCoder("semarc-f1")
+    for a in images:
+        w, h = a.shape[1], a.shape[0]
+        want = []
+        for m in c.modes:
+            x = single.encode_batch([multires._resize(a, *m.coded_size(w, h))])[0]
+            dec = multires._resize(single.decode_batch([(x.payload, x.check)])[0], w, h)
+            want.append(_loss(a, dec, len(record.pack_image(multires.MultiResCoder._frame(0, w, h, x.payload),
+                                                             x.check)), loss))
+        assert c.mode_of(c.encode_batch([a])[0].payload)[0] == int(np.argmin(want)), want
+
+
 def test_the_decision_loss_steers_the_choice(images):
     rate_only = open_coder(FAST2, decision_loss="1e-9")  # bytes alone: the smallest mode
     fidelity = open_coder(FAST2, decision_loss="1000")   # distortion alone: full resolution
