@@ -108,7 +108,7 @@ class _ImageTarget:
 
         self.worker = ImageWorker.__new__(ImageWorker)  # the worker's decode checks, without Ray
         self.worker.coder = open_coder(codec)  # a point or a mode set (codec/multires.py)
-        self.modes = len(getattr(self.worker.coder, "modes", ()))  # 0: a point (no mode in the header)
+        self.n_modes = len(getattr(self.worker.coder, "modes", ()))  # 0: a point (no mode in the header)
         self.profiles = {"image": self.worker.coder.describe()}
         self.seeds = []
         for a in _photos():
@@ -125,15 +125,15 @@ class _ImageTarget:
         section, size, _ = self.seeds[k]
         other = self.seeds[(k + 1) % len(self.seeds)][0]
         if kind == "header":
-            mode, p = read_varint(section, 1) if self.modes else (0, 1)
+            mode, p = read_varint(section, 1) if self.n_modes else (0, 1)
             w, p = read_varint(section, p)
             h, p = read_varint(section, p)
             vals = [int(rng.choice(HEADER_VALUES)) if rng.random() < 0.7 else int(v + rng.integers(-70, 70))
                     for v in (w, h)]
             vals = [max(0, v) for v in vals]
             head = write_varint(vals[0]) + write_varint(vals[1])
-            if self.modes:  # a mode set's header starts with the mode: any mode, or one beyond the set
-                head = write_varint(int(rng.integers(0, self.modes + 2)) if rng.random() < 0.7 else mode) + head
+            if self.n_modes:  # a mode set's header starts with the mode: any mode, or one beyond the set
+                head = write_varint(int(rng.integers(0, self.n_modes + 2)) if rng.random() < 0.7 else mode) + head
             data = section[:1] + head + section[p:]
         elif kind == "check":
             data = section[:-2] + rng.integers(0, 256, 2, dtype=np.uint8).tobytes()
@@ -403,9 +403,7 @@ class _Worker:
 
 
 def default_targets() -> list[str]:
-    from semarc.codec import image_models
-
-    from semarc.codec import zoo
+    from semarc.codec import image_models, zoo
 
     return ([f"image:{n}" for n in sorted(image_models.shipped_rate_points())]
             + [f"image:{m.spec}" for m in zoo.MODE_SETS] + ["caption", "shard"])

@@ -174,13 +174,12 @@ class MultiResCoder:
         """Code HxWx3 uint8 arrays, each in the mode of lowest loss (module
         docstring). ``texts`` is accepted for ``ImageCoder``'s interface and
         ignored (no mode is text-guided)."""
+        from .. import metrics
         from . import record
 
-        for i, a in enumerate(arrays):
+        for i, a in enumerate(arrays):  # before resizing: Pillow would fail on them with another error
             if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
                 raise ImageCodecError(f"image {i}: expected HxWx3 uint8, got {a.shape} {a.dtype}")
-        from .. import metrics
-
         best: list[tuple[float, int, CodedImage] | None] = [None] * len(arrays)
         scorers = [metrics.Scorer(a, ("lpips",)) if self.decision_loss.lpips_weight > 0 else None for a in arrays]
         searches = {p: c.arch.search for p, c in self._coders.items()}
