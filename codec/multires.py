@@ -161,9 +161,10 @@ class MultiResCoder:
                 "check": "the mode's point's check", "fingerprint": digest}
 
     # -- encode -------------------------------------------------------------------
-    def _loss(self, ref: np.ndarray, img: np.ndarray, nbytes: int, scorer=None) -> float:
+    def _loss(self, ref: np.ndarray, img: np.ndarray, nbytes: int, scorer) -> float:
         """The decision loss of ``img`` against ``ref``; ``scorer``: a
-        ``metrics.Scorer`` of ``ref`` (its LPIPS features computed once per image)."""
+        ``metrics.Scorer`` of ``ref`` (its LPIPS features computed once per
+        image), or None when the loss has no LPIPS term."""
         mse = float(np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2))
         loss = self.decision_loss.lmbda * mse + 8.0 * nbytes / (ref.shape[0] * ref.shape[1])
         if self.decision_loss.lpips_weight > 0:
