@@ -46,6 +46,11 @@ own training loss, or ``--latent-loss LAMBDA[,LPIPS]`` (rows
 those images of the set alone (e.g. three validation images, to choose a
 setting before a full run).
 
+Each image's measurements are appended to ``DIR/kodak.progress.jsonl`` as
+they finish (``bench/journal.py``): a stopped run resumes where it stopped
+when the same command is run again (another configuration in the same folder
+is refused), and the file is deleted once the report is written.
+
 Writes ``DIR/kodak.json`` (rows: means over the images per codec and rate point;
 per-image figures; command, machine, versions, speed), ``DIR/kodak.md`` and
 ``DIR/kodak.png`` (rate-distortion plots). For a corpus split, whose images are
@@ -56,6 +61,7 @@ holds and where it does not.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -68,6 +74,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from semarc.bench.journal import Journal, JournalError
 
 BASELINES = ["avif", "avif-ds2", "heif", "webp", "jpeg", "jxl"]
 METRICS = ("psnr", "ms_ssim", "lpips", "lpips_vgg", "dists")
@@ -233,6 +241,12 @@ def match_size(b: Baseline, a: np.ndarray, target: int) -> tuple[object, bytes, 
 
 
 # -- data and environment ---------------------------------------------------------------------
+def _pixel_digest(a: np.ndarray) -> str:
+    """An image's identity for the progress journal: its shape and pixels."""
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(repr((a.shape, str(a.dtype))).encode() + a.tobytes()).hexdigest()[:16]
+
+
 def load_kodak(shared: str | Path) -> list[tuple[str, np.ndarray]]:
     from semarc.codec.imageio import read_image
 
@@ -517,8 +531,30 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                                       if coder.latent_steps else {}),
                                    **({"text": "wrong caption" if point.endswith("-wrong-caption") else "caption"}
                                       if texts is not None else {})}
+    out = Path(out_dir)
+    # what a stopped run has measured (bench/journal.py): the same command resumes, another is refused
+    identity = {"dataset": dataset, "images": [[n, _pixel_digest(a)] for n, a in images], "metrics": list(which),
+                "baselines": result["baselines"], "captions": result.get("captions"),
+                "points": {p: {k: v for k, v in d.items() if k != "checkpoint"} for p, d in result["points"].items()}}
+    try:
+        journal = Journal(out / "kodak.progress.jsonl", identity)
+    except JournalError as e:
+        raise SystemExit(str(e)) from None
+    if len(journal):
+        print(f"[bench] resuming: {len(journal)} image measurements from {journal.path}", file=sys.stderr, flush=True)
+    resumed = 0
+    for point, ckpt, coder, texts in variants:
         per: dict[str, list[dict]] = {}
         for k, (name, a) in enumerate(images):
+            rows = journal.get(point, name)
+            if rows is not None:
+                resumed += 1
+                for r in rows:
+                    per.setdefault(r["codec"], []).append(r)
+                    result["per_image"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+                print(f"[bench {point}] {name}: measured by an earlier run of this command", file=sys.stderr,
+                      flush=True)
+                continue
             pixels = a.shape[0] * a.shape[1]
             t_enc = time.perf_counter()
             c = coder.encode_batch([a], texts=[texts[k]] if texts is not None else None)[0]
@@ -540,6 +576,8 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                              **score(dec)})
             for r in rows:
                 r.update(point=point, target=target, bpp=metrics.bpp(r["bytes"], pixels))
+            journal.add(point, name, rows)
+            for r in journal.get(point, name):  # as a resumed run reads them back, so both report alike
                 per.setdefault(r["codec"], []).append(r)
                 result["per_image"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
             print(f"[bench {point}] {name}: " + ", ".join(
@@ -553,12 +591,13 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
                   flush=True)
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     result["seconds"] = round(time.time() - t_start, 1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if resumed:  # their encode_s and scores come from the earlier run; "seconds" is this run's alone
+        result["resumed"] = resumed
     (out / "kodak.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "kodak.md").write_text(markdown(result))
     if plot:
         plot_rd(result, out / "kodak.png")
+    journal.close()
     return result
 
 

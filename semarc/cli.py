@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
     b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline",
                                           "crossdevice", "fuzz", "read"])
-    b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare)")
+    b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare); kodak and coco-roundtrip: a stopped run resumes from its progress file there when the same command is run again")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--images", default=None, metavar="DIR",
                    help="kodak: every image of this folder instead of Kodak (e.g. a corpus's held-out images)")

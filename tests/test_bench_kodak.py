@@ -208,3 +208,48 @@ def test_a_mode_set_is_measured_beside_its_points_with_its_own_speed(tmp_path):
         assert loss(per[(ms, name)]) <= loss(per[("semarc-f1", name)]) + 8 / n + 1e-9
     assert set(r["speed"][ms]["images_per_s"]) == {"semarc-encode", "semarc-encode-noverify", "semarc-decode"}
     assert "| semarc-f1+semarc-f1@1/2 |" in (tmp_path / "kodak.md").read_text()
+
+
+def test_a_stopped_bench_resumes_with_nothing_measured_twice_or_lost(tmp_path, monkeypatch):
+    """Each image's measurements go to ``kodak.progress.jsonl`` as they finish:
+    the same command, run again after a stop, measures only what is missing and
+    reports what an uninterrupted run reports; a torn last line is measured
+    again; another configuration in the same folder is refused; the journal
+    is gone once the report is written."""
+    kw = dict(baselines=["jpeg"], points=["semarc-f1"], images=_crops(), which=("psnr", "lpips"), speed_reps=0,
+              plot=False, latent_steps=(0, 2))
+    whole = kodak.run(str(tmp_path / "whole"), **kw)
+    assert not (tmp_path / "whole" / "kodak.progress.jsonl").exists() and "resumed" not in whole
+
+    real_match, calls = kodak.match_size, []
+
+    def stop_on_second(*a, **k):  # one call per image and variant (one classical codec)
+        calls.append(a[2])
+        if len(calls) == 2:  # the first variant's second image
+            raise KeyboardInterrupt
+        return real_match(*a, **k)
+
+    monkeypatch.setattr(kodak, "match_size", stop_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        kodak.run(str(tmp_path / "part"), **kw)
+    journal = tmp_path / "part" / "kodak.progress.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["item"] == "astronaut"
+    assert not (tmp_path / "part" / "kodak.json").exists()
+
+    with pytest.raises(SystemExit, match="another configuration .*metrics"):
+        kodak.run(str(tmp_path / "part"), **{**kw, "which": ("psnr", "lpips", "dists")})
+    with open(journal, "a") as f:  # a record cut off mid-write
+        f.write('{"unit": "semarc-f1", "item": "chel')
+
+    counted = []
+    monkeypatch.setattr(kodak, "match_size", lambda *a, **k: counted.append(a[2]) or real_match(*a, **k))
+    resumed = kodak.run(str(tmp_path / "part"), **kw)
+    assert len(counted) == 3  # four units, one measured before the stop
+    assert resumed["resumed"] == 1 and not journal.exists()
+
+    def strip(r):
+        return [{k: v for k, v in x.items() if k != "encode_s"} for x in r]
+
+    assert strip(resumed["per_image"]) == strip(whole["per_image"])
+    assert strip(resumed["rows"]) == strip(whole["rows"])
