@@ -98,26 +98,35 @@ def search_latents(net, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None
 
 
 def objective(net, y: torch.Tensor, z: torch.Tensor | None, target: torch.Tensor, loss: SearchLoss,
-              lpips_net=None) -> torch.Tensor:
+              lpips_net=None, target_features: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The loss of one image's latents as they would be coded (``target``: the
-    image, 1 x 3 x h x w, unpadded; the latents those of its padded size)."""
+    image, 1 x 3 x h x w, unpadded; the latents those of its padded size).
+    ``target_features``: LPIPS-Alex's features of ``target`` (computed here
+    when not given; a search computes them once per image)."""
     h, w = target.shape[-2:]
     x_hat, bits = _forward(net, y, z)
     x_hat = x_hat[..., :h, :w].clamp(0, 1)
     value = bits / (h * w) + loss.lmbda * 255 ** 2 * F.mse_loss(x_hat, target)
     if loss.lpips_weight > 0:
-        value = value + loss.lpips_weight * lpips_net(x_hat * 2 - 1, target * 2 - 1).sum()
+        if target_features is None:
+            target_features = lpips_net.features(target * 2 - 1)
+        value = value + loss.lpips_weight * lpips_net.distance(lpips_net.features(x_hat * 2 - 1),
+                                                               target_features).sum()
     return value
 
 
 def _search_one(net, x, y, z, h, w, steps, loss, lpips_net):
     target = x[..., :h, :w]
+    ref = None
+    if loss.lpips_weight > 0:  # the image's own features, the same at every step
+        with torch.no_grad():
+            ref = lpips_net.features(target * 2 - 1)
     y = y.detach().requires_grad_(True)
     z = None if z is None else z.detach().requires_grad_(True)
     opt = torch.optim.Adam([y] if z is None else [y, z], lr=LR)
     best, best_y, best_z = math.inf, y.detach().clone(), None if z is None else z.detach().clone()
     for step in range(steps + 1):
-        value = objective(net, y, z, target, loss, lpips_net)
+        value = objective(net, y, z, target, loss, lpips_net, ref)
         v = value.item()
         if v < best:  # the loss of this iterate's own symbols (rounded forward)
             best, best_y = v, y.detach().clone()
