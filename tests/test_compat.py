@@ -27,6 +27,14 @@ def pixels_sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).hexdigest()
 
 
+def recorded_pixels(record: dict, a: np.ndarray) -> str:
+    """The record's pixels_sha256 when ``a`` is one of its recorded decodes
+    (``pixels_sha256``, or ``pixels_sha256_also``: the same symbols through
+    another CPU's float synthesis), else ``a``'s own digest (a mismatch)."""
+    h = pixels_sha256(a)
+    return record.get("pixels_sha256") if h in record.get("pixels_sha256_also", []) else h
+
+
 def shard(name: str):
     import fsspec
 
@@ -64,10 +72,11 @@ def test_archive_decodes_to_the_recorded_captions_and_pixels(name):
     captions = CaptionWorker(profiles["caption"]["model"], profiles["caption"]["profile"], threads=1).decode(
         [r["caption"] for r in rows], profiles)
     got = {r["key"]: {"caption": c.get("caption"), "width": int(a.shape[1]), "height": int(a.shape[0]),
-                      "pixels_sha256": pixels_sha256(a), "image_section_sha256": hashlib.sha256(r["image"]).hexdigest()}
+                      "pixels_sha256": recorded_pixels(want["records"].get(r["key"], {}), a),
+                      "image_section_sha256": hashlib.sha256(r["image"]).hexdigest()}
            if isinstance(a, np.ndarray) else {"error": a, "caption": c}
            for r, a, c in zip(rows, images, captions)}
-    assert got == want["records"]
+    assert got == {k: {f: v for f, v in rec.items() if f != "pixels_sha256_also"} for k, rec in want["records"].items()}
 
 
 def test_decode_job_writes_the_recorded_captions_and_pixels(tmp_path):
@@ -84,7 +93,7 @@ def test_decode_job_writes_the_recorded_captions_and_pixels(tmp_path):
     assert {x["key"]: x["caption"] for x in lines} == {k: v["caption"] for k, v in want.items()}
     for key, v in want.items():
         a = np.asarray(Image.open(tmp_path / "out" / "images" / f"{key}.png").convert("RGB"))
-        assert pixels_sha256(a) == v["pixels_sha256"], key
+        assert recorded_pixels(v, a) == v["pixels_sha256"], key
 
 
 def test_an_archive_naming_a_retired_point_fails_naming_it(tmp_path):
