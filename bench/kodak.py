@@ -413,6 +413,37 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _measure_image(coder, made: dict, which: tuple[str, ...], point: str, name: str, a: np.ndarray,
+                   text: str | None) -> list[dict]:
+    """One image through one semarc variant, then each classical codec at its
+    bytes: a row per codec (bytes, quality, reached, scores, bpp)."""
+    from semarc import metrics
+    from semarc.codec import record
+
+    pixels = a.shape[0] * a.shape[1]
+    t_enc = time.perf_counter()
+    c = coder.encode_batch([a], texts=[text] if text is not None else None)[0]
+    t_enc = time.perf_counter() - t_enc
+    section = record.pack_image(c.payload, c.check)
+    back = coder.decode_batch([record.unpack_image(section)])[0]
+    if isinstance(back, Exception):
+        raise back
+    target = len(section)
+    score = metrics.Scorer(a, which)  # the reference's features once for all codecs
+    rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True,
+             "encode_s": t_enc, **score(back)}]
+    for bname, b in made.items():
+        q, data, reached = match_size(b, a, target)
+        dec = b.decode(data, a.shape)
+        if dec.shape != a.shape:
+            raise RuntimeError(f"{bname} decoded {name} to {dec.shape}, expected {a.shape}")
+        rows.append({"codec": bname, "image": name, "bytes": len(data), "quality": q, "reached": reached,
+                     **score(dec)})
+    for r in rows:
+        r.update(point=point, target=target, bpp=metrics.bpp(r["bytes"], pixels))
+    return rows
+
+
 def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baselines: list[str] | None = None,
         points: list[str] | None = None, images: list[tuple[str, np.ndarray]] | None = None,
         speed_reps: int = 3, command: str | None = None, plot: bool = True, images_dir: str | None = None,
@@ -422,7 +453,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     import torch
 
     from semarc import metrics
-    from semarc.codec import image_models, record, zoo
+    from semarc.codec import image_models, zoo
     from semarc.codec.image import open_coder
 
     torch.set_num_threads(threads)
@@ -547,42 +578,20 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
         per: dict[str, list[dict]] = {}
         for k, (name, a) in enumerate(images):
             rows = journal.get(point, name)
-            if rows is not None:
+            if rows is None:
+                journal.add(point, name, _measure_image(coder, made, which, point, name, a,
+                                                        texts[k] if texts is not None else None))
+                rows = journal.get(point, name)  # as a resumed run reads them back, so both report alike
+                print(f"[bench {point}] {name}: " + ", ".join(
+                    f"{r['codec']} {r['bytes']}B {r['psnr']:.2f}dB {r['lpips']:.3f}{'' if r['reached'] else '*'}"
+                    for r in rows), file=sys.stderr, flush=True)
+            else:
                 resumed += 1
-                for r in rows:
-                    per.setdefault(r["codec"], []).append(r)
-                    result["per_image"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
                 print(f"[bench {point}] {name}: measured by an earlier run of this command", file=sys.stderr,
                       flush=True)
-                continue
-            pixels = a.shape[0] * a.shape[1]
-            t_enc = time.perf_counter()
-            c = coder.encode_batch([a], texts=[texts[k]] if texts is not None else None)[0]
-            t_enc = time.perf_counter() - t_enc
-            section = record.pack_image(c.payload, c.check)
-            back = coder.decode_batch([record.unpack_image(section)])[0]
-            if isinstance(back, Exception):
-                raise back
-            target = len(section)
-            score = metrics.Scorer(a, which)  # the reference's features once for all codecs
-            rows = [{"codec": "semarc", "image": name, "bytes": target, "quality": None, "reached": True,
-                     "encode_s": t_enc, **score(back)}]
-            for bname, b in made.items():
-                q, data, reached = match_size(b, a, target)
-                dec = b.decode(data, a.shape)
-                if dec.shape != a.shape:
-                    raise RuntimeError(f"{bname} decoded {name} to {dec.shape}, expected {a.shape}")
-                rows.append({"codec": bname, "image": name, "bytes": len(data), "quality": q, "reached": reached,
-                             **score(dec)})
             for r in rows:
-                r.update(point=point, target=target, bpp=metrics.bpp(r["bytes"], pixels))
-            journal.add(point, name, rows)
-            for r in journal.get(point, name):  # as a resumed run reads them back, so both report alike
                 per.setdefault(r["codec"], []).append(r)
                 result["per_image"].append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-            print(f"[bench {point}] {name}: " + ", ".join(
-                f"{r['codec']} {r['bytes']}B {r['psnr']:.2f}dB {r['lpips']:.3f}{'' if r['reached'] else '*'}"
-                for r in rows), file=sys.stderr, flush=True)
         for codec, items in per.items():
             result["rows"].append(_mean_row(codec, point, items))
         if speed_reps and not point.endswith("-wrong-caption") and not coder.latent_steps:
