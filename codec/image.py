@@ -210,41 +210,33 @@ class ImageCoder:
     @torch.inference_mode()
     def decode_batch(self, items: list[tuple[bytes, int]]) -> list[np.ndarray | Exception]:
         """``(payload, check)`` pairs -> HxWx3 uint8 arrays; a corrupt item yields
-        an ``ImageCodecError`` in its place (the others still decode)."""
-        out: list = [None] * len(items)
-        groups: dict[tuple, list[tuple[int, list]]] = {}
-        for i, (payload, check) in enumerate(items):
-            try:
-                w, h, body = self._parse(payload)
-                if not self.arch.exact and check16(payload) != check:
-                    raise ImageCodecError("image payload check mismatch (corrupt bytes)")
-                groups.setdefault((w, h), []).append((i, self.arch.split(body)))
-            except ImageCodecError as e:
-                out[i] = e
-        for (w, h), members in groups.items():
+        an ``ImageCodecError`` in its place (the others still decode).
+
+        Each image is decoded alone, its synthesis included: a batched
+        convolution may take another kernel (seen on AMD EPYC CPUs), and a
+        record's pixels must not depend on which records share its batch. It
+        also bounds a worker's memory to one image."""
+        return [self._decode_one(payload, check) for payload, check in items]
+
+    def _decode_one(self, payload: bytes, check: int) -> np.ndarray | ImageCodecError:
+        try:
+            w, h, body = self._parse(payload)
+            if not self.arch.exact and check16(payload) != check:
+                raise ImageCodecError("image payload check mismatch (corrupt bytes)")
+            parts = self.arch.split(body)
             hp, wp = -(-h // self.stride) * self.stride, -(-w // self.stride) * self.stride
-            for i, parts in members:  # entropy decoding is per image; synthesis is batched below
-                try:
-                    if self.arch.exact:
-                        y_hat, sym = self.arch.entropy_decode(parts, hp, wp)
-                        if check16(sym) != items[i][1]:
-                            raise ImageCodecError("decoded latent symbols fail their check: the bitstream is "
-                                                  "corrupt or was made by different model tables")
-                        out[i] = y_hat
-                    else:
-                        out[i] = ("x", self.arch.decompress(parts, hp, wp))
-                except ImageCodecError as e:
-                    out[i] = e
-                except Exception as e:  # the entropy decoder raises on garbage
-                    out[i] = ImageCodecError(f"cannot decode image payload: {type(e).__name__}: {e}")
-            ok = [i for i, _ in members if isinstance(out[i], torch.Tensor)]
-            if ok:
-                x_hat = self.arch.synthesize(torch.cat([out[i] for i in ok])).clamp_(0, 1)
-                for j, i in enumerate(ok):
-                    out[i] = ("x", x_hat[j:j + 1])
-            for i, _ in members:
-                if isinstance(out[i], tuple):
-                    x = out[i][1][0, :, :h, :w]
-                    out[i] = (x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-                              .permute(1, 2, 0).cpu().numpy().copy())
-        return out
+            if self.arch.exact:
+                y_hat, sym = self.arch.entropy_decode(parts, hp, wp)
+                if check16(sym) != check:
+                    raise ImageCodecError("decoded latent symbols fail their check: the bitstream is "
+                                          "corrupt or was made by different model tables")
+            else:
+                x_hat = self.arch.decompress(parts, hp, wp)
+        except ImageCodecError as e:
+            return e
+        except Exception as e:  # the entropy decoder raises on garbage
+            return ImageCodecError(f"cannot decode image payload: {type(e).__name__}: {e}")
+        if self.arch.exact:  # outside the try: a failure here (memory) is not the record's fault
+            x_hat = self.arch.synthesize(y_hat)
+        x = x_hat.clamp(0, 1)[0, :, :h, :w]
+        return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy().copy()
