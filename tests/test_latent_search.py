@@ -51,6 +51,37 @@ def test_search_lowers_the_points_loss_and_the_coder_writes_its_latents(crops):
     assert back.shape == a.shape and back.dtype == np.uint8
 
 
+def test_channels_last_search_minimises_the_same_loss_and_returns_contiguous_latents(crops, monkeypatch):
+    """The CPU default runs the search on channels-last tensors: only float
+    rounding differs from the contiguous search, so both reach the same loss
+    (to float precision) from the same start; the latents handed to the
+    entropy coder are contiguous either way."""
+    coder = ImageCoder("semarc-q1")
+    net, a = coder.net, crops[1]
+    loss, lp = training_loss(coder.model), LPIPSAlex()
+    with torch.no_grad():
+        x = _pad(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, coder.stride)
+        y = image_models.analysis(net, x)
+        z = image_models.hyper_analysis(net, y)
+    target = x[..., :a.shape[0], :a.shape[1]]
+    found = {}
+    for cl in (False, True):
+        ys, zs = latent_search.search_latents(net, x, y, z, a.shape[:2], 6, loss, lp, channels_last=cl)
+        assert ys.is_contiguous() and zs.is_contiguous()
+        with torch.no_grad():
+            found[cl] = latent_search.objective(net, ys, zs, target, loss, lp).item()
+    with torch.no_grad():
+        plain = latent_search.objective(net, y, z, target, loss, lp).item()
+    assert found[True] < plain * 0.995 and found[False] < plain * 0.995, (found, plain)
+    assert found[True] == pytest.approx(found[False], rel=2e-3), found
+    # and a coder's search on a CPU takes the channels-last path
+    seen = []
+    real = latent_search._layout
+    monkeypatch.setattr(latent_search, "_layout", lambda t, cl: seen.append(cl) or real(t, cl))
+    ImageCoder("semarc-q1", latent_steps=1).encode_batch([a])
+    assert seen and all(seen)
+
+
 @pytest.mark.parametrize("codec", ["semarc-fast", "semarc-q1"])
 def test_each_image_is_searched_alone_so_batches_do_not_change_bytes(codec, crops):
     coder = ImageCoder(codec, latent_steps=4)
@@ -134,3 +165,24 @@ def test_an_encode_job_checks_its_search_options_before_any_work():
                      ({"latent_steps": 5, "latent_loss": "x"}, "latent_loss")):
         with pytest.raises(JobError, match=why):
             EncodeOptions(**bad).job_config()
+
+
+def test_search_layout_bench_codes_each_image_with_both_layouts(crops, tmp_path):
+    """`semarc bench search-layout`: every image coded by the whole encoder
+    once per layout, the order alternating, and the report written."""
+    from PIL import Image
+
+    from semarc.bench import search_layout
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, a in enumerate(crops):
+        Image.fromarray(a).save(folder / f"crop{i}.png")
+    r = search_layout.run(str(tmp_path / "out"), "semarc-q1", 2, images_dir=str(folder), command="test")
+    assert [(row["image"], row["layout"]) for row in r["rows"]] == [
+        ("crop0", "contiguous"), ("crop0", "channels_last"), ("crop1", "channels_last"), ("crop1", "contiguous")]
+    assert all(row["bytes"] > 0 and row["psnr"] > 15 and 0 < row["lpips"] < 1 for row in r["rows"])
+    assert 0 <= r["identical_codes"] <= 2 and r["time_ratio"] > 0
+    saved = json.loads((tmp_path / "out" / "search_layout.json").read_text())
+    assert saved["rows"] == r["rows"]
+    assert "Time ratio" in (tmp_path / "out" / "search_layout.md").read_text()
