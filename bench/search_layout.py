@@ -44,10 +44,11 @@ def run(out_dir: str, point: str, steps: int, threads: int = 1, shared: str = ".
     else:
         images = kodak.load_folder(images_dir) if images_dir else kodak.load_kodak(shared)
         dataset = str(images_dir) if images_dir else "Kodak"
-    if only:
+    if only:  # a subset of the set, in the set's order
+        unknown = sorted(set(only) - {n for n, _ in images})
+        if unknown:
+            raise SystemExit(f"--only: no image named {', '.join(unknown)} in the set")
         images = [(n, a) for n, a in images if n in set(only)]
-        if not images:
-            raise SystemExit("--only: none of these images is in the set")
     coder = ImageCoder(point, latent_steps=steps)
     loss, lpips_alex = coder.latent_loss, metrics.LPIPSAlex()
     searches = {layout: (lambda x, y, z, size, cl=(layout == "channels_last"): latent_search.search_latents(
