@@ -269,6 +269,39 @@ def load_folder(folder: str | Path) -> list[tuple[str, np.ndarray]]:
     return [(p.stem, read_image(p.read_bytes())) for p in files]
 
 
+def load_set(shared: str | Path, corpus: str | None = None, max_side: int | None = None,
+             images_dir: str | None = None, only: list[str] | None = None) -> tuple[list, dict[str, str]]:
+    """(images as (name, HxWx3 uint8), the corpus's captions by name) of the
+    set a bench measures: the corpus's validation split (never Kodak; long
+    side at most ``max_side``), a folder, or Kodak; ``only`` a subset of it."""
+    captions = {}
+    if corpus:  # train/evaluate.py's split
+        from semarc.train.evaluate import load_split
+
+        split = load_split(corpus, "val", max_side)
+        images = [(it["key"], it["image"]) for it in split]
+        captions = {it["key"]: it["caption"] for it in split if it["caption"] is not None}
+    else:
+        images = load_folder(images_dir) if images_dir else load_kodak(shared)
+    return (_only(images, only) if only else images), captions
+
+
+def _only(images: list, only: list[str]) -> list:
+    """A subset of the set, in the set's order; a name it lacks is an error."""
+    wanted = set(only)
+    unknown = sorted(wanted - {n for n, _ in images})
+    if unknown:
+        raise SystemExit(f"--only: no image named {', '.join(unknown)} in the set")
+    return [(n, a) for n, a in images if n in wanted]
+
+
+def set_name(corpus: str | None, max_side: int | None, images_dir: str | None) -> str:
+    """How a bench's report names the set ``load_set`` read."""
+    if corpus:
+        return f"the validation split of the corpus {corpus}" + (f", long side <= {max_side} px" if max_side else "")
+    return str(images_dir) if images_dir else "Kodak"
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -458,20 +491,11 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
 
     torch.set_num_threads(threads)
     t_start = time.time()
-    if images is None and corpus:  # the corpus's validation split (train/evaluate.py), never Kodak
-        from semarc.train.evaluate import load_split
-
-        split = load_split(corpus, "val", max_side)
-        images = [(it["key"], it["image"]) for it in split]
-        caption_of_split = {it["key"]: it["caption"] for it in split if it["caption"] is not None}
+    caption_of_split = {}
     if images is None:
-        images = load_folder(images_dir) if images_dir else load_kodak(shared)
-    if only:  # a subset of the set, in the set's order
-        wanted = set(only)
-        unknown_images = sorted(wanted - {n for n, _ in images})
-        if unknown_images:
-            raise SystemExit(f"--only: no image named {', '.join(unknown_images)} in the set")
-        images = [(n, a) for n, a in images if n in wanted]
+        images, caption_of_split = load_set(shared, corpus, max_side, images_dir, only)
+    elif only:
+        images = _only(images, only)
     if latent_loss is not None:
         from semarc.codec.search_loss import SearchLoss
 
@@ -484,8 +508,7 @@ def run(out_dir: str, shared: str = "../shared/data", threads: int = 1, baseline
     which = tuple(which)
     if "psnr" not in which or "lpips" not in which or set(which) - set(METRICS):
         raise SystemExit(f"--metrics: psnr and lpips always, plus any of {', '.join(METRICS)}")
-    dataset = (f"the validation split of the corpus {corpus}" + (f", long side <= {max_side} px" if max_side else "")
-               if corpus else str(images_dir) if images_dir else "Kodak")
+    dataset = set_name(corpus, max_side, images_dir)
     shipped = image_models.shipped_rate_points()
     requested_points = bool(points)
     points = points or list(shipped)

@@ -36,19 +36,8 @@ def run(out_dir: str, point: str, steps: int, threads: int = 1, shared: str = ".
     if steps <= 0:
         raise SystemExit("semarc bench search-layout: --latent-steps must be one count > 0")
     torch.set_num_threads(threads)
-    if corpus:
-        from semarc.train.evaluate import load_split
-
-        images = [(it["key"], it["image"]) for it in load_split(corpus, "val", max_side)]
-        dataset = f"the validation split of the corpus {corpus}" + (f", long side <= {max_side} px" if max_side else "")
-    else:
-        images = kodak.load_folder(images_dir) if images_dir else kodak.load_kodak(shared)
-        dataset = str(images_dir) if images_dir else "Kodak"
-    if only:  # a subset of the set, in the set's order
-        unknown = sorted(set(only) - {n for n, _ in images})
-        if unknown:
-            raise SystemExit(f"--only: no image named {', '.join(unknown)} in the set")
-        images = [(n, a) for n, a in images if n in set(only)]
+    images, _ = kodak.load_set(shared, corpus, max_side, images_dir, only)
+    dataset = kodak.set_name(corpus, max_side, images_dir)
     coder = ImageCoder(point, latent_steps=steps)
     loss, lpips_alex = coder.latent_loss, metrics.LPIPSAlex()
     searches = {layout: (lambda x, y, z, size, cl=(layout == "channels_last"): latent_search.search_latents(
