@@ -5,10 +5,10 @@ The search (``codec/latent_search.py``) runs its convolutions channels-last
 on a CPU by default. The layout changes float rounding, so the two searches
 may settle on other symbols: this bench codes each image with both, through
 the whole encoder (analysis, search, entropy coding, verification),
-alternating the order per image, and reports encode seconds, bytes, PSNR and
-LPIPS-Alex of the decoded images (bytes: the whole stored image section), per
-image and as means, and the ratio of
-the times. Results: ``OUT/search_layout.json`` and ``OUT/search_layout.md``.
+alternating the order per image, and reports encode seconds, bytes (the
+whole stored image section), PSNR and LPIPS-Alex of the decoded images, per
+image and as means, and the ratio of the times. Results:
+``OUT/search_layout.json`` and ``OUT/search_layout.md``.
 """
 
 from __future__ import annotations
