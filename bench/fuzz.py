@@ -397,9 +397,15 @@ class _Worker:
         return None
 
     def close(self) -> None:
+        """End the worker: its input closed, it exits; one still tearing down
+        after 30 s (a loaded machine) is killed, its results being all in."""
         if self.p.poll() is None:
             self.p.stdin.close()
-            self.p.wait(timeout=30)
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
 
 
 def default_targets() -> list[str]:
