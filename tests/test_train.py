@@ -77,13 +77,15 @@ def _init_ckpt(tmp_path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("lpips_weight", ["0", pytest.param("2.0", marks=needs_lpips)])
-def test_stop_resume_is_exact(tmp_path, photos, lpips_weight):
+@pytest.mark.parametrize("lpips_weight,layout", [("0", ()), pytest.param("2.0", (), marks=needs_lpips),
+                                                  pytest.param("2.0", ("--channels-last",), marks=needs_lpips)])
+def test_stop_resume_is_exact(tmp_path, photos, lpips_weight, layout):
     """A run stopped after every single step and resumed each time ends in the
-    same state (model, both optimisers, both RNGs) as one uninterrupted run."""
+    same state (model, both optimisers, both RNGs) as one uninterrupted run, in
+    either memory layout."""
     torch.set_num_threads(1)
     init = _init_ckpt(tmp_path)
-    common = ["--steps", "6", "--lpips-weight", lpips_weight, "--init", init]
+    common = ["--steps", "6", "--lpips-weight", lpips_weight, "--init", init, *layout]
     train.train(_args(tmp_path / "a", photos, *common))
     for _ in range(6):
         train.train(_args(tmp_path / "b", photos, *common, "--max-minutes", "1e-9"))
@@ -96,6 +98,36 @@ def test_stop_resume_is_exact(tmp_path, photos, lpips_weight):
         assert all(0 < r["lpips"] < 2 for r in log)
     else:  # MSE runs keep the configuration and log they had before --lpips-weight existed
         assert "lpips_weight" not in cfg and all("lpips" not in r for r in log)
+
+
+@needs_lpips
+def test_channels_last_trains_the_same_model_and_is_kept_on_resume(tmp_path, photos):
+    """--channels-last changes the layout, not the arithmetic's meaning: from the
+    same init it follows the contiguous run to float rounding, its exported
+    point is an ordinary (contiguous) checkpoint, and a run resumes only in the
+    layout it was started in."""
+    torch.set_num_threads(1)
+    init = _init_ckpt(tmp_path)
+    common = ["--steps", "4", "--lpips-weight", "2.0", "--init", init]
+    train.train(_args(tmp_path / "c", photos, *common))
+    train.train(_args(tmp_path / "l", photos, *common, "--channels-last", "--export", str(tmp_path / "l.pt")))
+    assert "channels_last" not in json.loads((tmp_path / "c" / "config.json").read_text())
+    assert json.loads((tmp_path / "l" / "config.json").read_text())["channels_last"] is True
+    a, b = _state(tmp_path / "c")["model"], _state(tmp_path / "l")["model"]
+    start = image_models.load_checkpoint(init).net.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
+    # the runs trained: the comparison is not of two copies of --init
+    assert max(float((a[k] - start[k]).abs().max()) for k in start if k in a) > 1e-4
+    conv = b["g_a.0.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    exported = torch.load(tmp_path / "l.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(t.is_contiguous() for t in exported.values())
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.train(_args(tmp_path / "l", photos, *common[:-2], "--steps", "6", "--init", init))
+    with pytest.raises(SystemExit, match="another configuration"):
+        train.train(_args(tmp_path / "c", photos, "--steps", "6", "--lpips-weight", "2.0", "--init", init,
+                          "--channels-last"))
 
 
 def test_old_config_without_lpips_weight_resumes(tmp_path, photos):

@@ -90,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (resumably) after this long")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run the networks and batches in the channels-last memory layout (on a CPU, oneDNN's faster "
+                        "convolutions; docs/training.md); part of the run's configuration, so a run resumes in the "
+                        "layout it started in")
     p.add_argument("--lr-drop-step", type=int, default=None,
                    help="step at which the learning rate drops tenfold (default: 90%% of --steps)")
     p.add_argument("--drop-after-minutes", type=float, default=None,

@@ -340,7 +340,7 @@ def lpips_network():
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
                     "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
                     "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4,
-                    "oversample": None}
+                    "oversample": None, "channels_last": False}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -514,8 +514,10 @@ def train(args) -> dict:
         enc = text_encoders.load_matching(config["text_encoder"], getattr(args, "text_encoder", None))
         texts = [enc.embed(c).to(device) for c in training_captions(args, paths)]
     torch.manual_seed(args.seed)
-    net = image_models.build(args.arch, model_config(config)).to(device)
-    lpips_net = lpips_network().to(device) if lpips_weight else None
+    # the layout changes float rounding, not the model: a run keeps the one it was started with (config.json)
+    layout = torch.channels_last if config.get("channels_last") else torch.contiguous_format
+    net = image_models.build(args.arch, model_config(config)).to(device, memory_format=layout)
+    lpips_net = lpips_network().to(device, memory_format=layout) if lpips_weight else None
     if decoder_only:  # g_s alone; the encoder and the entropy model (quantiles included) stay as --init has them
         params, aux_params = list(net.g_s.parameters()), []
         for n, p in net.named_parameters():
@@ -572,7 +574,7 @@ def train(args) -> dict:
     if not state_path.exists() and args.init:
         init = image_models.load_checkpoint(args.init)
         loaded = init_from(net, args.arch, init)
-        net.to(device)
+        net.to(device, memory_format=layout)
         print(f"initialised from {args.init} ({init.arch}): {loaded}", flush=True)
         if encoder_only:  # the training noise does not depend on how many parameters the network drew at
             torch.manual_seed(args.seed + 1)  # build: a text-guided run and its no-text control see the same
@@ -613,6 +615,7 @@ def train(args) -> dict:
         which: list = []
         x = sample_latents(latents, args.batch, args.crop, gen) if latent_data else \
             sample_batch(photos, args.batch, args.crop, gen, which)
+        x = x.contiguous(memory_format=layout)
         opt.zero_grad()
         if decoder_only:
             loss, bpp, mse, lp, adv, x_hat, y_hat = decoder_loss(
