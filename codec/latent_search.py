@@ -12,7 +12,10 @@ untouched: the search only changes which symbols the encoder writes.
 
 ``search_latents(net, x, y, z, size, steps, loss)`` runs ``steps`` Adam steps
 on ``y`` (the latent) and ``z`` (the hyper-latent; None for a factorized
-point), rounding with a straight-through gradient, so every iterate's loss is
+point), their size falling from ``LR`` to nearly zero along a half cosine
+over the steps (``step_size``): long steps early carry the latents across
+rounding boundaries, short ones late settle them. The search rounds
+with a straight-through gradient, so every iterate's loss is
 that of the symbols it would code: the rate is the discrete likelihood of the
 rounded symbols under the scales, means and context the decoder computes, the
 distortion that of the synthesis of the rounded latent, clamped to [0, 1] and
@@ -40,7 +43,21 @@ import torch.nn.functional as F
 from . import image_models
 from .search_loss import SearchLoss
 
-LR = 0.003  # Adam's step on y and z (units of one quantisation step: 1.0)
+LR = 0.007  # Adam's first step on y and z (units of one quantisation step: 1.0)
+
+
+SCHEDULES = ("cosine", "constant")  # the encoder's is the first; "constant" at a peak of 0.003 is the earlier search
+
+
+def step_size(step: int, steps: int, peak: float = LR, schedule: str = "cosine") -> float:
+    """Adam's step size at step ``step`` (0-based) of a ``steps``-step search:
+    ``peak`` at the first, then (``cosine``) falling along a half cosine,
+    above zero at the last, or (``constant``) ``peak`` throughout."""
+    if schedule == "constant":
+        return peak
+    if schedule != "cosine":
+        raise ValueError(f"a search's step schedule is one of {SCHEDULES}, not {schedule!r}")
+    return peak * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
 def _bits_z(eb, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,8 +87,8 @@ def _forward(net, y: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor
 
 
 def search_latents(net, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, size: tuple[int, int],
-                   steps: int, loss: SearchLoss, lpips_net=None,
-                   channels_last: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   steps: int, loss: SearchLoss, lpips_net=None, channels_last: bool | None = None,
+                   peak: float = LR, schedule: str = "cosine") -> tuple[torch.Tensor, torch.Tensor | None]:
     """The best latents found for the images ``x`` (B x 3 x Hp x Wp in [0, 1],
     padded to the model's stride), starting from the encoder's ``y`` and
     ``z`` (``z`` None for a factorized point); ``size`` = (h, w) of the images
@@ -82,9 +99,13 @@ def search_latents(net, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None
     ``channels_last``: run the search's convolutions on channels-last
     tensors (default: on a CPU, where oneDNN's forward and backward passes
     are about 1.4 times as fast that way; elsewhere, the tensors' own layout).
-    The layout changes float rounding, not the loss being minimised."""
+    The layout changes float rounding, not the loss being minimised.
+
+    ``peak``, ``schedule``: Adam's step sizes (``step_size``); the defaults
+    are the encoder's."""
     if steps <= 0:
         return y, z
+    step_size(0, steps, peak, schedule)  # an unknown schedule is refused before any work
     if channels_last is None:
         channels_last = x.device.type == "cpu"
     if loss.lpips_weight > 0 and lpips_net is None:
@@ -98,7 +119,7 @@ def search_latents(net, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None
         try:
             for j in range(x.shape[0]):
                 xj, yj, zj = (None if t is None else _layout(t[j:j + 1], channels_last) for t in (x, y, z))
-                yj, zj = _search_one(net, xj, yj, zj, h, w, steps, loss, lpips_net)
+                yj, zj = _search_one(net, xj, yj, zj, h, w, steps, loss, lpips_net, peak, schedule)
                 ys.append(yj)
                 zs.append(zj)
         finally:
@@ -131,7 +152,7 @@ def objective(net, y: torch.Tensor, z: torch.Tensor | None, target: torch.Tensor
     return value
 
 
-def _search_one(net, x, y, z, h, w, steps, loss, lpips_net):
+def _search_one(net, x, y, z, h, w, steps, loss, lpips_net, peak, schedule):
     target = x[..., :h, :w]
     ref = None
     if loss.lpips_weight > 0:  # the image's own features, the same at every step
@@ -139,7 +160,7 @@ def _search_one(net, x, y, z, h, w, steps, loss, lpips_net):
             ref = lpips_net.features(target * 2 - 1)
     y = y.detach().requires_grad_(True)
     z = None if z is None else z.detach().requires_grad_(True)
-    opt = torch.optim.Adam([y] if z is None else [y, z], lr=LR)
+    opt = torch.optim.Adam([y] if z is None else [y, z], lr=peak)
     best, best_y, best_z = math.inf, y.detach().clone(), None if z is None else z.detach().clone()
     for step in range(steps + 1):
         value = objective(net, y, z, target, loss, lpips_net, ref)
@@ -149,6 +170,8 @@ def _search_one(net, x, y, z, h, w, steps, loss, lpips_net):
             best_z = None if z is None else z.detach().clone()
         if step == steps:
             break
+        for group in opt.param_groups:
+            group["lr"] = step_size(step, steps, peak, schedule)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()

@@ -265,15 +265,24 @@ def cmd_bench(args) -> int:
                                     points=args.points.split(",") if args.points else None,
                                     captions=not args.images_only)
         return EXIT_OK
-    if args.what == "search-layout":
-        from semarc.bench import search_layout
+    if args.what in ("search-layout", "search-schedule"):
+        from semarc.bench import search_variants
 
         steps = [int(v) for v in args.latent_steps.split(",")]
         if len(steps) != 1 or not args.points or "," in args.points:
-            raise SystemExit("semarc bench search-layout: one --points and one --latent-steps count")
-        search_layout.run(args.out, args.points, steps[0], threads=args.threads, shared=args.shared,
-                          corpus=args.corpus, max_side=args.max_side, images_dir=args.images,
-                          only=args.only.split(",") if args.only else None, command=args.command_line)
+            raise SystemExit(f"semarc bench {args.what}: one --points and one --latent-steps count")
+        if args.what == "search-schedule":
+            if not args.schedules:
+                raise SystemExit("semarc bench search-schedule: give --schedules SCHEDULE:PEAK,SCHEDULE:PEAK")
+            variants = search_variants.schedules(args.schedules)
+        elif args.schedules:
+            raise SystemExit("--schedules is an option of search-schedule")
+        else:
+            variants = search_variants.LAYOUTS
+        search_variants.run(args.out, args.points, steps[0], variants, args.what.replace("-", "_"),
+                            threads=args.threads, shared=args.shared, corpus=args.corpus, max_side=args.max_side,
+                            images_dir=args.images, only=args.only.split(",") if args.only else None,
+                            command=args.command_line)
         return EXIT_OK
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
@@ -323,11 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
     b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline",
-                                          "crossdevice", "fuzz", "read", "search-layout"])
+                                          "crossdevice", "fuzz", "read", "search-layout", "search-schedule"])
     b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare); kodak and coco-roundtrip: a stopped run resumes from its progress file there when the same command is run again")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--images", default=None, metavar="DIR",
-                   help="kodak, search-layout: every image of this folder instead of Kodak (e.g. a corpus's held-out images)")
+                   help="kodak, search-layout, search-schedule: every image of this folder instead of Kodak (e.g. a corpus's held-out images)")
     b.add_argument("--metrics", default=None,
                    help="kodak: comma-separated, psnr and lpips always, of psnr,ms_ssim,lpips,lpips_vgg,dists "
                         "(default: all)")
@@ -347,21 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kodak: the images' captions for text-guided points (CSV image,caption or JSONL key,caption; "
                         "default for Kodak: SHARED/kodak_captions.csv)")
     b.add_argument("--corpus", default=None, metavar="DIR",
-                   help="kodak, search-layout: the validation split of the corpus `semarc corpus DIR` built, instead of Kodak")
+                   help="kodak, search-layout, search-schedule: the validation split of the corpus `semarc corpus DIR` built, instead of Kodak")
     b.add_argument("--max-side", type=int, default=None,
-                   help="kodak, search-layout --corpus: downscale images whose long side is larger to this (Lanczos)")
+                   help="kodak, search-layout, search-schedule --corpus: downscale images whose long side is larger to this (Lanczos)")
     b.add_argument("--speed-reps", type=int, default=3,
                    help="kodak: rounds of the speed measurement, best of them (default 3; 0: none)")
     b.add_argument("--points", default=None,
-                   help="kodak, crossdevice, search-layout (one): comma-separated image codecs: zoo names, checkpoint ids or checkpoint "
+                   help="kodak, crossdevice, search-layout and search-schedule (one): comma-separated image codecs: zoo names, checkpoint ids or checkpoint "
                         "paths (default: the zoo's checkpoints)")
     b.add_argument("--latent-steps", default="0", metavar="N[,N...]",
                    help="kodak: measure each point at each of these latent-search step counts (0: the plain "
-                        "encoder; e.g. 0,30 gives both, side by side); search-layout: one count > 0")
+                        "encoder; e.g. 0,30 gives both, side by side); search-layout, search-schedule: one count > 0")
+    b.add_argument("--schedules", default=None, metavar="SCHEDULE:PEAK,...",
+                   help="search-schedule: the latent search's step schedules to compare, e.g. "
+                        "constant:0.003,cosine:0.007 (schedules: cosine, the encoder's, and constant)")
     b.add_argument("--latent-loss", default=None, metavar="LAMBDA[,LPIPS]",
                    help="kodak: the loss the latent search minimises (default: each point's training loss)")
     b.add_argument("--only", default=None, metavar="NAME[,NAME...]",
-                   help="kodak, search-layout: only these images of the set (Kodak's kodimNN, a folder's stems, a split's "
+                   help="kodak, search-layout, search-schedule: only these images of the set (Kodak's kodimNN, a folder's stems, a split's "
                         "SOURCE/NAME)")
     b.add_argument("--sizes", default="1000,10000", help="pipeline: comma-separated input counts")
     b.add_argument("--crop", type=int, default=128, help="pipeline, read: input image side in pixels")

@@ -3,6 +3,7 @@ for latents with a lower training loss, the coder writes exactly those, the
 decoder and the decoded exactness are unchanged, and an encode job records
 and uses the option."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -49,6 +50,15 @@ def test_search_lowers_the_points_loss_and_the_coder_writes_its_latents(crops):
     # which any decoder decodes exactly (the check covers the symbols)
     back = ImageCoder("semarc-q1").decode_batch([(searched.payload, searched.check)])[0]
     assert back.shape == a.shape and back.dtype == np.uint8
+
+
+def test_the_search_step_falls_from_lr_along_a_half_cosine_and_never_reaches_zero():
+    for steps in (1, 8, 100):
+        sizes = [latent_search.step_size(t, steps) for t in range(steps)]
+        assert sizes[0] == latent_search.LR
+        assert all(a > b for a, b in zip(sizes, sizes[1:])) and sizes[-1] > 0
+    assert latent_search.step_size(50, 100) == pytest.approx(latent_search.LR / 2)
+    assert latent_search.step_size(90, 100) < 0.03 * latent_search.LR
 
 
 def test_channels_last_search_minimises_the_same_loss_and_returns_contiguous_latents(crops, monkeypatch):
@@ -172,17 +182,64 @@ def test_search_layout_bench_codes_each_image_with_both_layouts(crops, tmp_path)
     once per layout, the order alternating, and the report written."""
     from PIL import Image
 
-    from semarc.bench import search_layout
+    from semarc.bench import search_variants
 
     folder = tmp_path / "images"
     folder.mkdir()
     for i, a in enumerate(crops):
         Image.fromarray(a).save(folder / f"crop{i}.png")
-    r = search_layout.run(str(tmp_path / "out"), "semarc-q1", 2, images_dir=str(folder), command="test")
-    assert [(row["image"], row["layout"]) for row in r["rows"]] == [
+    r = search_variants.run(str(tmp_path / "out"), "semarc-q1", 2, images_dir=str(folder), command="test")
+    assert [(row["image"], row["variant"]) for row in r["rows"]] == [
         ("crop0", "contiguous"), ("crop0", "channels_last"), ("crop1", "channels_last"), ("crop1", "contiguous")]
-    assert all(row["bytes"] > 0 and row["psnr"] > 15 and 0 < row["lpips"] < 1 for row in r["rows"])
-    assert 0 <= r["identical_codes"] <= 2 and r["time_ratio"] > 0
+    assert all(row["bytes"] > 0 and row["psnr"] > 15 and 0 < row["lpips"] < 1 and row["loss"] > 0 for row in r["rows"])
+    assert r["means"]["contiguous"]["identical_codes"] == 2 and 0 <= r["means"]["channels_last"]["identical_codes"] <= 2
+    assert r["means"]["contiguous"]["time_ratio"] == 1 and r["means"]["channels_last"]["time_ratio"] > 0
     saved = json.loads((tmp_path / "out" / "search_layout.json").read_text())
     assert saved["rows"] == r["rows"]
-    assert "Time ratio" in (tmp_path / "out" / "search_layout.md").read_text()
+    assert "channels-last against contiguous" in (tmp_path / "out" / "search_layout.md").read_text()
+
+
+def test_search_schedule_bench_runs_each_schedule_as_the_encoder_would(crops, tmp_path, monkeypatch):
+    """`semarc bench search-schedule`: each schedule codes each image (the
+    order rotating), the encoder's own schedule gives the encoder's bytes,
+    and a bad schedule is refused before any work."""
+    from PIL import Image
+
+    from semarc.bench import search_variants
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(crops[0]).save(folder / "crop0.png")
+    Image.fromarray(crops[1]).save(folder / "crop1.png")
+    variants = search_variants.schedules(f"constant:0.003,cosine:{latent_search.LR},cosine:0.05")
+    assert variants["constant:0.003"] == {"schedule": "constant", "peak": 0.003}
+    seen = []
+    real = latent_search.step_size
+    monkeypatch.setattr(latent_search, "step_size", lambda *a: seen.append(a[2:]) or real(*a))
+    r = search_variants.run(str(tmp_path / "out"), "semarc-q1", 3, variants, "search_schedule",
+                            images_dir=str(folder), command="test")
+    assert [row["variant"] for row in r["rows"]] == [
+        "constant:0.003", f"cosine:{latent_search.LR}", "cosine:0.05",
+        f"cosine:{latent_search.LR}", "cosine:0.05", "constant:0.003"]
+    assert {(0.003, "constant"), (latent_search.LR, "cosine"), (0.05, "cosine")} <= set(seen)
+    plain = ImageCoder("semarc-q1")  # the loss reported is the searched latents', at most the encoder's guess's
+    with torch.no_grad():
+        x = _pad(torch.from_numpy(crops[0]).permute(2, 0, 1)[None].float() / 255, plain.stride)
+        y = image_models.analysis(plain.net, x)
+        guess = latent_search.objective(plain.net, y, image_models.hyper_analysis(plain.net, y),
+                                        x[..., :crops[0].shape[0], :crops[0].shape[1]], training_loss(plain.model),
+                                        LPIPSAlex()).item()
+    assert 0 < r["rows"][0]["loss"] <= guess * (1 + 1e-4)
+    monkeypatch.setattr(latent_search, "step_size", real)
+    own = {row["image"]: row["sha256"] for row in r["rows"] if row["variant"] == f"cosine:{latent_search.LR}"}
+    coder = ImageCoder("semarc-q1", latent_steps=3)
+    for i, a in enumerate(crops):
+        c = coder.encode_batch([a])[0]
+        assert hashlib.sha256(record.pack_image(c.payload, c.check)).hexdigest() == own[f"crop{i}"]
+    assert (tmp_path / "out" / "search_schedule.json").exists()
+    assert "step schedules" in (tmp_path / "out" / "search_schedule.md").read_text()
+    for bad in ("cosine:0.007", "linear:0.01,cosine:0.007", "cosine:0,constant:0.003", "cosine:x,constant:1"):
+        with pytest.raises(SystemExit):
+            search_variants.schedules(bad)
+    with pytest.raises(ValueError, match="schedule"):
+        latent_search.search_latents(coder.net, None, None, None, (1, 1), 2, SearchLoss(0.001), schedule="linear")
