@@ -44,8 +44,6 @@ from . import image_models
 from .search_loss import SearchLoss
 
 LR = 0.007  # Adam's first step on y and z (units of one quantisation step: 1.0)
-
-
 SCHEDULES = ("cosine", "constant")  # the encoder's is the first; "constant" at a peak of 0.003 is the earlier search
 
 
