@@ -742,13 +742,19 @@ def source_of(image: str) -> str | None:
     return image.split("/", 1)[0] if "/" in image else None
 
 
+def compared_classical(r: dict, point: str) -> dict | None:
+    """The classical row ``point`` is compared with: the best by PSNR among
+    those reaching the target (the summary's), or where none does, the one
+    reaching it on most images (None without classical rows)."""
+    cls = [x for x in r["rows"] if x["point"] == point and x["codec"] != "semarc"]
+    return best_classical(r, point, "psnr") or max(cls, key=lambda x: (x["reached"], x["psnr"]), default=None)
+
+
 def per_source(r: dict, point: str) -> tuple[dict | None, list[dict]]:
     """(the classical row compared, one row per corpus source): semarc's
-    ``point`` against the summary's classical codec (the best by PSNR among
-    those reaching the target; where none does, the one reaching it on most
-    images) over each source's images, as the summary compares them over all."""
-    cls = [x for x in r["rows"] if x["point"] == point and x["codec"] != "semarc"]
-    b = best_classical(r, point, "psnr") or max(cls, key=lambda x: (x["reached"], x["psnr"]), default=None)
+    ``point`` against ``compared_classical`` over each source's images, as the
+    summary compares them over all."""
+    b = compared_classical(r, point)
     if b is None:
         return None, []
     out = []

@@ -234,6 +234,13 @@ def cmd_bench(args) -> int:
                   latent_steps=tuple(int(v) for v in args.latent_steps.split(",")), latent_loss=args.latent_loss,
                   only=args.only.split(",") if args.only else None, command=args.command_line)
         return EXIT_OK
+    if args.what == "generalisation":
+        from semarc.bench import generalisation
+
+        generalisation.run(args.out, args.results.split(",") if args.results else [],
+                           points=args.points.split(",") if args.points else None, draws=args.draws,
+                           seed=args.seed, command=args.command_line)
+        return EXIT_OK
     if args.what == "fuzz":
         from semarc.bench import fuzz
 
@@ -332,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks against baselines, same run, same inputs")
     b.add_argument("what", choices=["captions", "coco-roundtrip", "kodak", "captioner", "pipeline",
-                                          "crossdevice", "fuzz", "read", "search-layout", "search-schedule"])
+                                          "crossdevice", "fuzz", "read", "search-layout", "search-schedule",
+                                          "generalisation"])
     b.add_argument("--out", default=None, help="output folder (required, except for crossdevice --prepare); kodak and coco-roundtrip: a stopped run resumes from its progress file there when the same command is run again")
     b.add_argument("--shared", default="../shared/data", help="folder of the shared evaluation data")
     b.add_argument("--images", default=None, metavar="DIR",
@@ -372,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "constant:0.003,cosine:0.007 (schedules: cosine, the encoder's, and constant)")
     b.add_argument("--latent-loss", default=None, metavar="LAMBDA[,LPIPS]",
                    help="kodak: the loss the latent search minimises (default: each point's training loss)")
+    b.add_argument("--results", default=None, metavar="A,B",
+                   help="generalisation: two `semarc bench kodak` results (kodak.json or its folder), e.g. the "
+                        "validation split's and Kodak's; --points names the point in each when they hold several")
+    b.add_argument("--draws", type=int, default=10000,
+                   help="generalisation: bootstrap draws of each interval (default 10000; --seed seeds them)")
     b.add_argument("--only", default=None, metavar="NAME[,NAME...]",
                    help="kodak, search-layout, search-schedule: only these images of the set (Kodak's kodimNN, a folder's stems, a split's "
                         "SOURCE/NAME)")
@@ -394,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images-only", action="store_true", help="crossdevice: code the images only, not the captions")
     b.add_argument("--cases", default=None, help="fuzz: cases per target, e.g. image=100000,caption=2000,shard=400 "
                    "(the default; image is split over the shipped points, image:NAME=N names one)")
-    b.add_argument("--seed", type=int, default=0, help="fuzz: the campaign's seed")
+    b.add_argument("--seed", type=int, default=0, help="fuzz: the campaign's seed; generalisation: the bootstrap's")
     b.add_argument("--memory-mb", type=int, default=4096,
                    help="fuzz: address space a case may use beyond its worker's loaded coders (default 4096)")
     b.add_argument("--case-timeout", type=float, default=30.0, help="fuzz: seconds a case may take")

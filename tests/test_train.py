@@ -388,3 +388,45 @@ def test_a_loaded_point_keeps_its_likelihood_floor(tmp_path, arch):
     else:
         _, lik = m.net.gaussian_conditional(y, torch.full_like(y, 0.2), training=False)
     assert float(lik.min()) > 0 and math.isfinite(float(-torch.log2(lik).sum()))
+
+
+def test_min_crop_scale_draws_crops_of_the_photos_own_pixels_and_is_recorded(tmp_path):
+    """--min-crop-scale S draws each crop at a scale in [S, 1]: at 1 every crop
+    is a window of its photo's own pixels (possibly mirrored), at the default
+    0.35 most are larger regions downscaled, with the draws of the default
+    unchanged; the option is part of a run's identity only when set."""
+    from semarc.train.options import add_arguments
+
+    rng = np.random.default_rng(4)
+    photo = torch.from_numpy(rng.integers(0, 256, (3, 150, 170), dtype=np.uint8))
+
+    def windows_matched(x):
+        ref = photo.float() / 255.0
+        found = 0
+        for crop in x:
+            for c in (crop, crop.flip(-1)):
+                hits = [(y, z) for y in range(150 - 48 + 1) for z in range(170 - 48 + 1)
+                        if torch.equal(ref[:, y:y + 48, z:z + 48], c)]
+                if hits:
+                    found += 1
+                    break
+        return found
+
+    native = train.sample_batch([photo], 6, 48, torch.Generator().manual_seed(1), min_scale=1.0)
+    assert native.shape == (6, 3, 48, 48) and windows_matched(native) == 6
+    default = train.sample_batch([photo], 6, 48, torch.Generator().manual_seed(1))
+    assert torch.equal(default, train.sample_batch([photo], 6, 48, torch.Generator().manual_seed(1),
+                                                   min_scale=0.35))
+    assert windows_matched(default) < 3  # mostly downscaled regions, not windows of pixels
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--run", str(tmp_path / "run")]
+    plain = train.run_config(p.parse_args(base))
+    assert "min_crop_scale" not in plain and "min_crop_scale" not in train.run_config(
+        p.parse_args(base + ["--min-crop-scale", "0.35"]))
+    scaled = train.run_config(p.parse_args(base + ["--min-crop-scale", "0.8"]))
+    assert scaled["min_crop_scale"] == 0.8 and not train._same_config(plain, scaled)
+    for bad in ("0", "-0.5", "1.5"):
+        with pytest.raises(SystemExit, match="min-crop-scale"):
+            train.run_config(p.parse_args(base + ["--min-crop-scale", bad]))

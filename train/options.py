@@ -84,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --corpus: draw the train split's images of corpus source SOURCE K times as often as "
                         "the others (an integer K >= 1; e.g. the wallpaper packages); recorded in config.json; "
                         "default: every image alike")
+    p.add_argument("--min-crop-scale", type=float, default=0.35, metavar="S",
+                   help="draw each training crop at a random scale in [S, 1] of its photo's pixels (default 0.35: "
+                        "regions up to 1/0.35 times the crop's side, downscaled; 1: the photos' own pixels only); "
+                        "recorded in config.json when not the default")
     p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
                    "a factorized one seeds a hyperprior run's transforms)")
     p.add_argument("--log-every", type=int, default=50)

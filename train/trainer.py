@@ -106,11 +106,15 @@ def load_photos(paths: list[str], device: str = "cpu") -> list[torch.Tensor]:
     return out
 
 
+MIN_CROP_SCALE = 0.35  # the smallest scale a training crop is drawn at (--min-crop-scale)
+
+
 def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.Generator,
-                 which: list | None = None) -> torch.Tensor:
-    """Random crops at a random scale in [0.35, 1], random horizontal flip;
-    the index of each crop's photo is appended to ``which`` when given (the
-    draws are the same either way)."""
+                 which: list | None = None, min_scale: float = MIN_CROP_SCALE) -> torch.Tensor:
+    """Random crops at a random scale in [min_scale, 1] (1: the photo's own
+    pixels; 0.5: a region twice the crop's side, downscaled), random
+    horizontal flip; the index of each crop's photo is appended to ``which``
+    when given (the draws are the same either way)."""
     xs = []
     for _ in range(batch):
         k = int(torch.randint(len(photos), (1,), generator=gen))
@@ -118,7 +122,7 @@ def sample_batch(photos: list[torch.Tensor], batch: int, crop: int, gen: torch.G
             which.append(k)
         img = photos[k]
         _, h, w = img.shape
-        s = 0.35 + 0.65 * float(torch.rand((), generator=gen))
+        s = min_scale + (1.0 - min_scale) * float(torch.rand((), generator=gen))
         side = min(h, w, max(crop, int(round(crop / s))))
         y = int(torch.randint(h - side + 1, (1,), generator=gen))
         x = int(torch.randint(w - side + 1, (1,), generator=gen))
@@ -340,7 +344,7 @@ def lpips_network():
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
                     "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
                     "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4,
-                    "oversample": None, "channels_last": False}
+                    "oversample": None, "channels_last": False, "min_crop_scale": MIN_CROP_SCALE}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -362,6 +366,8 @@ def model_config(config: dict) -> dict:
 def run_config(args) -> dict:
     """The run's identity in ``config.json`` (``_RECORDED_IF_SET`` options only
     when not at their default)."""
+    if not 0 < getattr(args, "min_crop_scale", MIN_CROP_SCALE) <= 1:
+        raise SystemExit(f"--min-crop-scale must be in (0, 1], got {args.min_crop_scale}")
     config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
               "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
     if getattr(args, "corpus", None):
@@ -386,7 +392,7 @@ def run_config(args) -> dict:
         raise SystemExit("--captions and --text-encoder are for --arch text-checkerboard")
     for key, default in _RECORDED_IF_SET.items():
         value = getattr(args, key, default) or default
-        if key in ("lpips_weight", "adv_weight", "disc_lr"):
+        if key in ("lpips_weight", "adv_weight", "disc_lr", "min_crop_scale"):
             value = float(value)
         if value != default:
             config[key] = value
@@ -614,7 +620,7 @@ def train(args) -> dict:
             g["lr"] = base * (0.1 if step >= drop_at else 1.0)
         which: list = []
         x = sample_latents(latents, args.batch, args.crop, gen) if latent_data else \
-            sample_batch(photos, args.batch, args.crop, gen, which)
+            sample_batch(photos, args.batch, args.crop, gen, which, getattr(args, "min_crop_scale", MIN_CROP_SCALE))
         x = x.contiguous(memory_format=layout)
         opt.zero_grad()
         if decoder_only:
