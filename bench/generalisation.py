@@ -17,8 +17,9 @@ codec), their differences between the sets, and whether the differences are
 within the bounds (by default 3 points and 0.3 dB, as measured). Each figure
 comes with a 95% bootstrap interval: the images of a set are drawn with
 replacement (an image's semarc and classical rows together), the two sets
-independently, the codec held as chosen on the whole set. A difference whose
-interval is wider than its bound says the sets are too small to settle it.
+independently, the codec held as chosen on the whole set. Where a
+difference's interval reaches both inside and beyond its bound, the sets are
+too small to settle the criterion.
 
 Results: ``OUT/generalisation.{json,md}``. Nothing is re-measured, so it runs
 in a second on any machine.
@@ -93,7 +94,7 @@ def compare(a: dict, b: dict, point_a: str | None = None, point_b: str | None = 
     from semarc.bench import kodak
 
     if draws < 100:
-        raise ValueError("generalisation: at least 100 bootstrap draws")
+        raise SystemExit("generalisation: --draws must be at least 100")
     pa, pb = _point(a, point_a), _point(b, point_b)
     best_a, best_b = kodak.compared_classical(a, pa), kodak.compared_classical(b, pb)
     if best_a is None or best_b is None:
