@@ -171,3 +171,35 @@ def test_oversample_lists_a_source_k_times_and_is_recorded(tmp_path):
             trainer.run_config(p.parse_args(base + ["--oversample", bad]))
     with pytest.raises(SystemExit, match="--corpus"):
         trainer.run_config(p.parse_args(["--run", str(tmp_path / "r2"), "--oversample", "b=2"]))
+
+
+def test_max_side_trains_on_the_photos_as_the_validation_split_is_downscaled(tmp_path):
+    """--max-side L: the trainer's photos are the corpus photos downscaled as
+    `load_split` downscales the validation split (the same pixels, bit for
+    bit, for a photo read both ways); photos that fit stay as stored; the
+    option is part of a run's identity only when set."""
+    import argparse
+
+    from semarc.train import evaluate, trainer
+    from semarc.train.options import add_arguments
+
+    spec = _fake_sources(tmp_path / "src", {"a": 8})
+    corpus.build(tmp_path / "c", spec, install=False, log=lambda *a: None)
+    val = corpus.read_manifest(tmp_path / "c", "val")
+    [shrunk] = trainer.load_photos([val[0]["path"]], max_side=20)
+    [stored] = trainer.load_photos([val[0]["path"]])
+    [seen] = evaluate.load_split(str(tmp_path / "c"), "val", max_side=20)
+    assert seen["key"] == val[0]["key"]
+    assert stored.shape == (3, val[0]["height"], val[0]["width"]) and max(shrunk.shape[1:]) == 20
+    assert np.array_equal(shrunk.permute(1, 2, 0).numpy(), seen["image"])
+    assert torch.equal(trainer.load_photos([val[0]["path"]], max_side=40)[0], stored)  # it fits already
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--run", str(tmp_path / "run"), "--corpus", str(tmp_path / "c")]
+    plain = trainer.run_config(p.parse_args(base))
+    capped = trainer.run_config(p.parse_args(base + ["--max-side", "768"]))
+    assert "max_side" not in plain and capped["max_side"] == 768
+    assert not trainer._same_config(plain, capped)
+    with pytest.raises(SystemExit, match="max-side"):
+        trainer.run_config(p.parse_args(base + ["--max-side", "10"]))

@@ -157,6 +157,20 @@ def install_packages(packages: list[str], log=print) -> list[str]:
 
 
 # -- conversion -------------------------------------------------------------------------------
+def fit_long_side(im, max_side: int | None):
+    """The PIL image ``im`` downscaled (Lanczos, deterministic) so that its
+    long side is at most ``max_side``; ``im`` itself when it already fits or
+    ``max_side`` is None. The corpus, the validation split and training
+    crops all downscale this way."""
+    from PIL import Image
+
+    w, h = im.size
+    if not max_side or max(w, h) <= max_side:
+        return im
+    s = max_side / max(w, h)
+    return im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+
+
 def convert(src: Path, dst: Path, max_side: int) -> tuple[int, int, str]:
     """``src`` as an 8-bit RGB PNG at ``dst``, the long side at most
     ``max_side`` (Lanczos, deterministic); returns (width, height, sha256 of
@@ -171,11 +185,7 @@ def convert(src: Path, dst: Path, max_side: int) -> tuple[int, int, str]:
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(bg, im)
-        im = im.convert("RGB")
-        w, h = im.size
-        if max(w, h) > max_side:
-            s = max_side / max(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+        im = fit_long_side(im.convert("RGB"), max_side)
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_suffix(f".tmp{os.getpid()}.png")
         im.save(tmp, "PNG")

@@ -50,10 +50,7 @@ def load_split(corpus_dir: str, split: str = "val", max_side: int | None = None)
             raise ValueError(f"refusing to select on Kodak ({r['path']}): Kodak is for the final report only")
         a = read_image(Path(r["path"]).read_bytes())
         if max_side and max(a.shape[:2]) > max_side:
-            s = max_side / max(a.shape[:2])
-            im = Image.fromarray(a).resize((max(1, round(a.shape[1] * s)), max(1, round(a.shape[0] * s))),
-                                           Image.LANCZOS)
-            a = np.asarray(im)
+            a = np.asarray(corpus.fit_long_side(Image.fromarray(a), max_side))
         out.append({"key": r["key"], "source": r["source"], "image": np.ascontiguousarray(a),
                     "caption": table.get(r["sha256"], {}).get("caption")})
     return out

@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw each training crop at a random scale in [S, 1] of its photo's pixels (default 0.35: "
                         "regions up to 1/0.35 times the crop's side, downscaled; 1: the photos' own pixels only); "
                         "recorded in config.json when not the default")
+    p.add_argument("--max-side", type=int, default=None, metavar="L",
+                   help="downscale each training photo once, as `semarc bench kodak --max-side` downscales the "
+                        "validation split, so its long side is at most L pixels (Lanczos), before crops are drawn "
+                        "from it; recorded in config.json when set; default: the photos as stored")
     p.add_argument("--init", default=None, help="start from this semarc checkpoint (a neighbouring rate point; "
                    "a factorized one seeds a hyperprior run's transforms)")
     p.add_argument("--log-every", type=int, default=50)

@@ -91,15 +91,21 @@ def _refuse_kodak(path: str) -> None:
         raise ValueError(f"refusing to train on Kodak ({path}): Kodak is for evaluation only")
 
 
-def load_photos(paths: list[str], device: str = "cpu") -> list[torch.Tensor]:
+def load_photos(paths: list[str], device: str = "cpu", max_side: int | None = None) -> list[torch.Tensor]:
+    """The photos as 3xHxW uint8 tensors, downscaled as the validation split
+    is (``corpus.fit_long_side``) so the long side is at most ``max_side``
+    when given."""
     from PIL import Image
+
+    from .corpus import fit_long_side
 
     out, seen = [], {}
     for p in paths:  # a path listed more than once (an oversampled source) shares one tensor
         if p not in seen:
             _refuse_kodak(p)
             with Image.open(p) as im:
-                seen[p] = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).contiguous().to(device)
+                a = np.asarray(fit_long_side(im.convert("RGB"), max_side))
+                seen[p] = torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous().to(device)
         out.append(seen[p])
     if not out:
         raise ValueError("no training photos found")
@@ -231,16 +237,20 @@ LATENT_STRIDE = 16  # pixels per latent position, each way (g_a's downsampling)
 WHOLE_PHOTO_SCALES = (1.0, 0.6)
 
 
-def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str, crop: int) -> list[torch.Tensor]:
+def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str, crop: int,
+                        max_side: int | None = None) -> list[torch.Tensor]:
     """``g_a``'s latents of every training photo, whole (padded to the model's
     stride as the coder pads), at each scale of ``WHOLE_PHOTO_SCALES``
     (Lanczos): what the coder sees when it codes a photo, not a crop of one.
     Computed once per run and cached in ``cache`` (keyed by the ``--init``
     file's SHA-256 and the photo list), so a resumed run trains on the
     same latents bit for bit. Every latent must hold a ``crop``-pixel window
-    (checked once here, not per batch)."""
+    (checked once here, not per batch). ``max_side``: the photos downscaled
+    first, as ``load_photos`` does."""
     key = {"init_sha256": init_sha, "photos": [os.path.basename(p) for p in paths],
            "scales": list(WHOLE_PHOTO_SCALES)}
+    if max_side:
+        key["max_side"] = max_side
     side = crop // LATENT_STRIDE
     out = None
     if cache.exists():
@@ -248,7 +258,7 @@ def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str, crop:
         if blob.get("key") == json.dumps(key, sort_keys=True):
             out = blob["latents"]
     if out is None:
-        out = _compute_latents(net, paths)
+        out = _compute_latents(net, paths, max_side)
         tmp = cache.with_suffix(".tmp")
         torch.save({"key": json.dumps(key, sort_keys=True), "latents": out}, tmp)
         os.replace(tmp, cache)
@@ -259,10 +269,12 @@ def whole_photo_latents(net, paths: list[str], cache: Path, init_sha: str, crop:
     return out
 
 
-def _compute_latents(net, paths: list[str]) -> list[torch.Tensor]:
+def _compute_latents(net, paths: list[str], max_side: int | None = None) -> list[torch.Tensor]:
     from PIL import Image
 
     from semarc.codec.image import _pad
+
+    from .corpus import fit_long_side
 
     stride = int(getattr(net, "downsampling_factor", 64))
     out, seen = [], {}
@@ -272,7 +284,7 @@ def _compute_latents(net, paths: list[str]) -> list[torch.Tensor]:
                 _refuse_kodak(p)
                 seen[p] = []
                 with Image.open(p) as im:
-                    im = im.convert("RGB")
+                    im = fit_long_side(im.convert("RGB"), max_side)
                     for s in WHOLE_PHOTO_SCALES:
                         a = im if s == 1.0 else im.resize((round(im.width * s), round(im.height * s)), Image.LANCZOS)
                         x = torch.from_numpy(np.asarray(a).copy()).permute(2, 0, 1)[None].float() / 255.0
@@ -344,7 +356,8 @@ def lpips_network():
 _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", "lr_fresh": None,
                     "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
                     "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4,
-                    "oversample": None, "channels_last": False, "min_crop_scale": MIN_CROP_SCALE}
+                    "oversample": None, "channels_last": False, "min_crop_scale": MIN_CROP_SCALE,
+                    "max_side": None}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -368,6 +381,8 @@ def run_config(args) -> dict:
     when not at their default)."""
     if not 0 < getattr(args, "min_crop_scale", MIN_CROP_SCALE) <= 1:
         raise SystemExit(f"--min-crop-scale must be in (0, 1], got {args.min_crop_scale}")
+    if getattr(args, "max_side", None) is not None and args.max_side < 64:
+        raise SystemExit(f"--max-side must be at least 64 pixels, got {args.max_side}")
     config = {"arch": args.arch, "N": args.N, "M": args.M, "lmbda": args.lmbda, "batch": args.batch,
               "crop": args.crop, "lr": args.lr, "seed": args.seed, "photos": args.photos, "init": args.init}
     if getattr(args, "corpus", None):
@@ -512,7 +527,7 @@ def train(args) -> dict:
     latent_data = config.get("entropy_data", "crops") == "latents"
     if latent_data and not entropy_only:
         raise SystemExit("--entropy-data latents is for --train-part entropy (the transforms frozen)")
-    photos = [] if latent_data else load_photos(paths, device)
+    photos = [] if latent_data else load_photos(paths, device, config.get("max_side"))
     texts = None
     if text_guided:  # each photo's caption, embedded once by the frozen text encoder
         from semarc.codec import text_encoders
@@ -590,7 +605,8 @@ def train(args) -> dict:
         # keyed by the --init file's hash (loading it as a model would draw from torch's RNG,
         # which a resumed run has just restored)
         init_sha = hashlib.sha256(Path(args.init).read_bytes()).hexdigest()
-        latents = [y.to(device) for y in whole_photo_latents(net, paths, run / "latents.pt", init_sha, args.crop)]
+        latents = [y.to(device) for y in whole_photo_latents(net, paths, run / "latents.pt", init_sha, args.crop,
+                                                                   config.get("max_side"))]
         print(f"whole-photo latents: {len(latents)} ({time.time() - t:.0f} s)", flush=True)
 
     def save():
