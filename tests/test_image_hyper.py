@@ -27,6 +27,19 @@ def spread_scales(net):
         last.bias.copy_(torch.logspace(math.log10(0.15), math.log10(30.0), last.bias.numel()))
 
 
+def save_seed_point(path, config: dict, widen: float = 40, seed: int = 0):
+    """A small untrained checkerboard point (scales spread, latent widened by
+    ``widen``: an untrained latent rounds to zero almost everywhere) saved as
+    ``path``, to seed runs that grow it. Returns ``path``."""
+    torch.manual_seed(seed)
+    net = image_models.build("checkerboard", config)
+    spread_scales(net)
+    with torch.no_grad():
+        net.g_a[-1].weight.mul_(widen)
+    image_models.save_checkpoint(path, "checkerboard", config, net, meta={})
+    return path
+
+
 @pytest.fixture(scope="module")
 def hyper_ckpt(tmp_path_factory):
     torch.manual_seed(0)

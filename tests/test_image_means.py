@@ -17,7 +17,7 @@ from semarc.codec import image_models
 from semarc.codec.image import ImageCodecError, ImageCoder
 from semarc.train import trainer as train
 from test_image_hyper import (_arrays, assert_encode_verification_refuses_bad_decodes, assert_roundtrip,
-                              assert_scale_noise_absorbed_or_refused, spread_scales)
+                              assert_scale_noise_absorbed_or_refused, save_seed_point, spread_scales)
 from test_train import _args, photos  # noqa: F401  (the synthetic training photos fixture)
 
 CFG = {"N": 16, "M": 24}
@@ -25,16 +25,8 @@ MEANS = {**CFG, "means": "hyper"}
 
 
 def _zero_mean_seed(tmp_path, widen: float):
-    """A small untrained zero-mean checkerboard point (scales spread, latent
-    widened by ``widen``) saved as ``tmp_path/seed.pt``, to seed means runs."""
-    torch.manual_seed(0)
-    seed = image_models.build("checkerboard", CFG)
-    spread_scales(seed)
-    with torch.no_grad():
-        seed.g_a[-1].weight.mul_(widen)
-    init = tmp_path / "seed.pt"
-    image_models.save_checkpoint(init, "checkerboard", CFG, seed, meta={})
-    return init
+    """A small untrained zero-mean checkerboard point saved as ``tmp_path/seed.pt``, to seed means runs."""
+    return save_seed_point(tmp_path / "seed.pt", CFG, widen)
 
 
 def _means_net(seed: int = 0):

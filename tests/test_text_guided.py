@@ -19,7 +19,7 @@ from semarc.codec import image_models, record, text_encoders, text_guided
 from semarc.codec.image import ImageCodecError, ImageCoder
 from semarc.train import trainer as train
 from conftest import assert_same_across_threads, run_cli
-from test_image_hyper import _arrays, spread_scales
+from test_image_hyper import _arrays, save_seed_point, spread_scales
 from test_train import photos  # noqa: F401  (the synthetic training photos fixture)
 
 CFG = {"N": 16, "M": 24}
@@ -178,13 +178,7 @@ def test_bytes_identical_for_1_and_2_threads(tg_ckpt, tmp_path):
 
 
 def test_a_checkerboard_point_seeds_it_as_the_identity(encoders, tmp_path):
-    torch.manual_seed(3)
-    plain = image_models.build("checkerboard", CFG)
-    spread_scales(plain)
-    with torch.no_grad():
-        plain.g_a[-1].weight.mul_(40)
-    init = tmp_path / "plain.pt"
-    image_models.save_checkpoint(init, "checkerboard", CFG, plain, meta={})
+    init = save_seed_point(tmp_path / "plain.pt", CFG, seed=3)
     ident = text_encoders.load(encoders["bert"]).identity
     net = image_models.build("text-checkerboard", {**CFG, "text_encoder": ident})
     assert "identity" in train.init_from(net, "text-checkerboard", image_models.load_checkpoint(init))

@@ -66,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the symbols are round(y - mean), so smooth content rides on the mean instead of "
                         "integer steps); recorded in the checkpoint. Seeded from a zero-mean point, the new "
                         "parts start where they add nothing and train at --lr-fresh")
+    p.add_argument("--synthesis-blocks", type=int, default=0, metavar="K",
+                   help="checkerboard only: K residual blocks (1 to 8) in the synthesis transform, after its first "
+                        "upsampling (codec/image_models.DeeperSynthesis); recorded in the checkpoint. Seeded from "
+                        "a point without them, they start as the identity (the seed's pixels) and train at "
+                        "--lr-fresh (default 0: none)")
     p.add_argument("--lr-fresh", type=float, default=None,
                    help="learning rate of the parameters --init does not supply (a checkerboard context seeded "
                         "from a hyperprior point), while the rest trains at --lr; default: --lr for all")

@@ -357,7 +357,7 @@ _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", 
                     "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
                     "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4,
                     "oversample": None, "channels_last": False, "min_crop_scale": MIN_CROP_SCALE,
-                    "max_side": None}
+                    "max_side": None, "synthesis_blocks": 0}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -371,6 +371,8 @@ def model_config(config: dict) -> dict:
         out["hyper_input"] = config["hyper_input"]
     if config.get("means", "none") != "none":
         out["means"] = config["means"]
+    if config.get("synthesis_blocks"):
+        out["synthesis_blocks"] = int(config["synthesis_blocks"])
     if config.get("text_encoder"):
         out["text_encoder"] = config["text_encoder"]
     return out
@@ -506,6 +508,9 @@ def train(args) -> dict:
                          "or a --train-part run")
     if config.get("means", "none") != "none" and args.arch != "checkerboard":
         raise SystemExit("--means hyper is for --arch checkerboard")
+    blocks = config.get("synthesis_blocks", 0)
+    if blocks and (args.arch != "checkerboard" or not 0 < blocks <= image_models.MAX_SYNTHESIS_BLOCKS):
+        raise SystemExit(f"--synthesis-blocks is for --arch checkerboard, 1 to {image_models.MAX_SYNTHESIS_BLOCKS}")
     adv_weight = config.get("adv_weight", 0.0)
     if (adv_weight or "adv_warmup" in config or "disc_lr" in config) and not decoder_only:
         raise SystemExit("--adv-weight trains the synthesis against a discriminator with the bytes kept: "
@@ -740,7 +745,12 @@ def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
         missing, unexpected = net.load_state_dict(src, strict=False)
         if unexpected:
             raise SystemExit(f"--init {init.name}: its weights do not fit this architecture/size "
-                             f"(e.g. {unexpected[0]}; a point with means seeds only a run with --means hyper)")
+                             f"(e.g. {unexpected[0]}; a point with means seeds only a run with --means hyper, "
+                             f"one with synthesis blocks only a run with at least as many)")
+        grown = [k for k in missing if k.startswith("g_s.blocks.")]
+        missing = [k for k in missing if k not in grown]
+        if grown and not missing:
+            return "all weights; the new synthesis blocks start as the identity (the --init point's pixels)"
         if missing and all(k.startswith(("h_sign.", "h_m.")) for k in missing):
             with torch.no_grad():  # the means head reads z_hat as h_s does: it starts from h_s's first layers
                 for i in (0, 2):
