@@ -33,6 +33,7 @@ CKPT_FORMAT = "semarc-image-ckpt/1"
 HYPER_INPUTS = ("latent", "rounded")
 MEANS = ("none", "hyper")
 MAX_SYNTHESIS_BLOCKS = 8
+MAX_FINE_SYNTHESIS_BLOCKS = 4
 
 
 def build(arch: str, config: dict) -> torch.nn.Module:
@@ -48,8 +49,10 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     zero-mean Gaussian, the latent itself rounded) or ``hyper`` (a mean per
     element predicted from the hyper-latent, as Minnen et al. 2018: the coded
     symbols are ``round(y - mean)`` and the decoder adds the mean back),
-    and ``synthesis_blocks``: K residual blocks added to the synthesis
-    transform (``DeeperSynthesis``; 0, the default, is ScaleHyperprior's)."""
+    ``synthesis_blocks``: K residual blocks added to the synthesis
+    transform at 1/8 of the image's side, and ``fine_synthesis_blocks``: K
+    more at 1/4 of it (``DeeperSynthesis``; 0 and 0, the defaults, are
+    ScaleHyperprior's)."""
     from compressai.models import FactorizedPrior, ScaleHyperprior
 
     hyper_input = config.get("hyper_input", "latent")
@@ -62,6 +65,10 @@ def build(arch: str, config: dict) -> torch.nn.Module:
     if not isinstance(blocks, int) or not 0 <= blocks <= MAX_SYNTHESIS_BLOCKS or (blocks and arch != "checkerboard"):
         raise ValueError(f"synthesis_blocks {blocks!r} does not fit architecture {arch!r} "
                          f"(checkerboard: 0 to {MAX_SYNTHESIS_BLOCKS})")
+    fine = config.get("fine_synthesis_blocks", 0)
+    if not isinstance(fine, int) or not 0 <= fine <= MAX_FINE_SYNTHESIS_BLOCKS or (fine and arch != "checkerboard"):
+        raise ValueError(f"fine_synthesis_blocks {fine!r} does not fit architecture {arch!r} "
+                         f"(checkerboard: 0 to {MAX_FINE_SYNTHESIS_BLOCKS})")
     if arch == "factorized":
         return FactorizedPrior(int(config["N"]), int(config["M"]))
     if arch == "hyperprior":
@@ -71,8 +78,8 @@ def build(arch: str, config: dict) -> torch.nn.Module:
         net = ScaleHyperprior(int(config["N"]), int(config["M"]))
     elif arch == "checkerboard":
         net = _checkerboard_class()(int(config["N"]), int(config["M"]), means=means == "hyper")
-        if blocks:
-            net.g_s = DeeperSynthesis(net.g_s, int(config["N"]), blocks)
+        if blocks or fine:
+            net.g_s = DeeperSynthesis(net.g_s, int(config["N"]), blocks, fine)
     elif arch == "text-checkerboard":
         from .text_guided import network_class
 
@@ -103,24 +110,29 @@ class _ResidualBlock(torch.nn.Module):
 class DeeperSynthesis(torch.nn.Module):
     """ScaleHyperprior's synthesis transform with K residual blocks after its
     first upsampling (at 1/8 of the image's side, N channels), where they cost
-    little: each adds about 3% of the transform's multiply-adds. The base
-    layers keep their names (``g_s.0`` to ``g_s.6``) and the blocks are
-    ``g_s.blocks.*``, so a point without blocks seeds one whole, and the blocks
-    start as the identity: the grown network decodes the seed's pixels
-    (``train.trainer.init_from``)."""
+    little: each adds about 3% of the transform's multiply-adds; and F more
+    after its second (at 1/4 of the side, where texture is finer), each about
+    12%. The base layers keep their names (``g_s.0`` to ``g_s.6``) and the
+    blocks are ``g_s.blocks.*`` and ``g_s.fine.*``, so a point without blocks
+    seeds one whole, and new blocks start as the identity: the grown network
+    decodes the seed's pixels (``train.trainer.init_from``). The two kinds
+    never stand in for each other: a block trained at one scale does not seed
+    one at the other."""
 
-    def __init__(self, base: torch.nn.Sequential, n: int, blocks: int) -> None:
+    def __init__(self, base: torch.nn.Sequential, n: int, blocks: int, fine: int = 0) -> None:
         super().__init__()
         self._base = len(base)
         for i, layer in enumerate(base):
             self.add_module(str(i), layer)
         self.blocks = torch.nn.Sequential(*(_ResidualBlock(n) for _ in range(blocks)))
+        self.fine = torch.nn.Sequential(*(_ResidualBlock(n) for _ in range(fine)))
 
     def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
         layers = [getattr(self, str(i)) for i in range(self._base)]
         x = layers[1](layers[0](y_hat))
         x = self.blocks(x)
-        for layer in layers[2:]:
+        x = self.fine(layers[3](layers[2](x)))
+        for layer in layers[4:]:
             x = layer(x)
         return x
 

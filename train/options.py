@@ -71,6 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "upsampling (codec/image_models.DeeperSynthesis); recorded in the checkpoint. Seeded from "
                         "a point without them, they start as the identity (the seed's pixels) and train at "
                         "--lr-fresh (default 0: none)")
+    p.add_argument("--fine-synthesis-blocks", type=int, default=0, metavar="K",
+                   help="checkerboard only: K residual blocks (1 to 4) in the synthesis transform after its second "
+                        "upsampling, at 1/4 of the image's side (each about 4x the cost of a --synthesis-blocks "
+                        "block); recorded in the checkpoint, grown from a point as --synthesis-blocks is, and "
+                        "never seeded by blocks of the other scale (default 0: none)")
     p.add_argument("--lr-fresh", type=float, default=None,
                    help="learning rate of the parameters --init does not supply (a checkerboard context seeded "
                         "from a hyperprior point), while the rest trains at --lr; default: --lr for all")

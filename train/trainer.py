@@ -357,7 +357,8 @@ _RECORDED_IF_SET = {"lpips_weight": 0.0, "train_part": "all", "quant": "noise", 
                     "entropy_data": "crops", "hyper_input": "latent", "means": "none", "corpus": None, "captions": None,
                     "text_encoder": None, "adv_weight": 0.0, "adv_warmup": 0, "disc_lr": 1e-4,
                     "oversample": None, "channels_last": False, "min_crop_scale": MIN_CROP_SCALE,
-                    "max_side": None, "synthesis_blocks": 0}
+                    "max_side": None, "synthesis_blocks": 0,
+                    "fine_synthesis_blocks": 0}
 # Recorded, but not part of a run's identity: where the corpus lies may change between machines
 # (its train split's digest, ``corpus``, may not).
 _NOT_COMPARED = ("steps", "corpus_dir")
@@ -371,8 +372,9 @@ def model_config(config: dict) -> dict:
         out["hyper_input"] = config["hyper_input"]
     if config.get("means", "none") != "none":
         out["means"] = config["means"]
-    if config.get("synthesis_blocks"):
-        out["synthesis_blocks"] = int(config["synthesis_blocks"])
+    for key in ("synthesis_blocks", "fine_synthesis_blocks"):
+        if config.get(key):
+            out[key] = int(config[key])
     if config.get("text_encoder"):
         out["text_encoder"] = config["text_encoder"]
     return out
@@ -511,6 +513,10 @@ def train(args) -> dict:
     blocks = config.get("synthesis_blocks", 0)
     if blocks and (args.arch != "checkerboard" or not 0 < blocks <= image_models.MAX_SYNTHESIS_BLOCKS):
         raise SystemExit(f"--synthesis-blocks is for --arch checkerboard, 1 to {image_models.MAX_SYNTHESIS_BLOCKS}")
+    fine = config.get("fine_synthesis_blocks", 0)
+    if fine and (args.arch != "checkerboard" or not 0 < fine <= image_models.MAX_FINE_SYNTHESIS_BLOCKS):
+        raise SystemExit("--fine-synthesis-blocks is for --arch checkerboard, "
+                         f"1 to {image_models.MAX_FINE_SYNTHESIS_BLOCKS}")
     adv_weight = config.get("adv_weight", 0.0)
     if (adv_weight or "adv_warmup" in config or "disc_lr" in config) and not decoder_only:
         raise SystemExit("--adv-weight trains the synthesis against a discriminator with the bytes kept: "
@@ -746,8 +752,8 @@ def init_from(net, arch: str, init: "image_models.LoadedModel") -> str:
         if unexpected:
             raise SystemExit(f"--init {init.name}: its weights do not fit this architecture/size "
                              f"(e.g. {unexpected[0]}; a point with means seeds only a run with --means hyper, "
-                             f"one with synthesis blocks only a run with at least as many)")
-        grown = [k for k in missing if k.startswith("g_s.blocks.")]
+                             f"one with synthesis blocks only a run with at least as many at the same scale)")
+        grown = [k for k in missing if k.startswith(("g_s.blocks.", "g_s.fine."))]
         missing = [k for k in missing if k not in grown]
         if grown and not missing:
             return "all weights; the new synthesis blocks start as the identity (the --init point's pixels)"
