@@ -19,6 +19,16 @@ from test_train import _args, photos  # noqa: F401  (the synthetic training phot
 CFG = {"N": 16, "M": 24, "means": "hyper"}
 
 
+def assert_same_bytes_and_pixels(a: ImageCoder, b: ImageCoder) -> None:
+    """Two coders write the same bytes for the same images and decode the same pixels from them."""
+    imgs = _arrays()[:2]
+    ea, eb = a.encode_batch(imgs), b.encode_batch(imgs)
+    assert [c.payload for c in ea] == [c.payload for c in eb]
+    da = a.decode_batch([(c.payload, c.check) for c in ea])
+    db = b.decode_batch([(c.payload, c.check) for c in eb])
+    assert all(np.array_equal(p, q) for p, q in zip(da, db))
+
+
 @pytest.fixture()
 def seed(tmp_path):
     """A small untrained checkerboard point with means, as ``seed.pt``."""
@@ -37,12 +47,7 @@ def test_a_grown_point_starts_as_its_seed_bytes_and_pixels(seed, tmp_path):
     image_models.save_checkpoint(start, "checkerboard", {**CFG, "synthesis_blocks": 2}, net, meta={})
     a, b = ImageCoder(str(seed)), ImageCoder(str(start))
     assert b.model.config["synthesis_blocks"] == 2 and a.model.fingerprint != b.model.fingerprint
-    imgs = _arrays()[:2]
-    ea, eb = a.encode_batch(imgs), b.encode_batch(imgs)
-    assert [c.payload for c in ea] == [c.payload for c in eb]
-    da = a.decode_batch([(c.payload, c.check) for c in ea])
-    db = b.decode_batch([(c.payload, c.check) for c in eb])
-    assert all(np.array_equal(p, q) for p, q in zip(da, db))
+    assert_same_bytes_and_pixels(a, b)
     # a block that has learned changes the pixels, not the bytes
     with torch.no_grad():
         net.g_s.blocks[0].conv2.weight.normal_(0, 0.05)
@@ -102,12 +107,7 @@ def test_fine_blocks_run_at_a_quarter_of_the_side_and_grow_from_a_coarse_point(s
     image_models.save_checkpoint(start, "checkerboard", both, grown, meta={})
     a, b = ImageCoder(str(coarse)), ImageCoder(str(start))
     assert b.model.config["fine_synthesis_blocks"] == 1 and a.model.fingerprint != b.model.fingerprint
-    imgs = _arrays()[:2]
-    ea, eb = a.encode_batch(imgs), b.encode_batch(imgs)
-    assert [c.payload for c in ea] == [c.payload for c in eb]
-    da = a.decode_batch([(c.payload, c.check) for c in ea])
-    db = b.decode_batch([(c.payload, c.check) for c in eb])
-    assert all(np.array_equal(p, q) for p, q in zip(da, db))
+    assert_same_bytes_and_pixels(a, b)
 
     # the fine block sees the synthesis at 1/4 of the image's side (a 1/16 latent upsampled twice), N channels
     seen = []
