@@ -78,18 +78,20 @@ def test_a_run_grows_trains_and_exports_the_blocks(seed, tmp_path, photos):  # n
         train.train(_args(run, photos, *common, "--synthesis-blocks", "1", "--steps", "6"))
 
 
-def test_blocks_are_for_the_checkerboard_and_bounded(photos, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("key,most", [("synthesis_blocks", image_models.MAX_SYNTHESIS_BLOCKS),
+                                      ("fine_synthesis_blocks", image_models.MAX_FINE_SYNTHESIS_BLOCKS)])
+def test_blocks_are_for_the_checkerboard_and_bounded(key, most, photos, tmp_path):  # noqa: F811
+    flag = "--" + key.replace("_", "-")
     for arch in ("factorized", "hyperprior"):
-        with pytest.raises(ValueError, match="synthesis_blocks"):
-            image_models.build(arch, {"N": 16, "M": 24, "synthesis_blocks": 1})
-    for bad in (-1, image_models.MAX_SYNTHESIS_BLOCKS + 1, 1.5):
-        with pytest.raises(ValueError, match="synthesis_blocks"):
-            image_models.build("checkerboard", {"N": 16, "M": 24, "synthesis_blocks": bad})
-    with pytest.raises(SystemExit, match="--synthesis-blocks is for --arch checkerboard"):
-        train.train(_args(tmp_path / "h", photos, "--arch", "hyperprior", "--synthesis-blocks", "1", "--steps", "1"))
-    with pytest.raises(SystemExit, match="--synthesis-blocks is for --arch checkerboard"):
-        train.train(_args(tmp_path / "c", photos, "--arch", "checkerboard", "--synthesis-blocks",
-                          str(image_models.MAX_SYNTHESIS_BLOCKS + 1), "--steps", "1"))
+        with pytest.raises(ValueError, match=f"^{key} "):
+            image_models.build(arch, {"N": 16, "M": 24, key: 1})
+    for bad in (-1, most + 1, 1.5):
+        with pytest.raises(ValueError, match=f"^{key} "):
+            image_models.build("checkerboard", {"N": 16, "M": 24, key: bad})
+    with pytest.raises(SystemExit, match=f"{flag} is for --arch checkerboard"):
+        train.train(_args(tmp_path / "h", photos, "--arch", "hyperprior", flag, "1", "--steps", "1"))
+    with pytest.raises(SystemExit, match=f"{flag} is for --arch checkerboard"):
+        train.train(_args(tmp_path / "c", photos, "--arch", "checkerboard", flag, str(most + 1), "--steps", "1"))
 
 
 def test_fine_blocks_run_at_a_quarter_of_the_side_and_grow_from_a_coarse_point(seed, tmp_path, photos):  # noqa: F811
@@ -139,16 +141,4 @@ def test_fine_blocks_run_at_a_quarter_of_the_side_and_grow_from_a_coarse_point(s
                           "--steps", "1"))
     with pytest.raises(SystemExit, match="at the same scale"):
         train.train(_args(tmp_path / "x2", photos, *common, "--init", str(out_pt), "--synthesis-blocks", "3",
-                          "--steps", "1"))
-
-
-def test_fine_blocks_are_for_the_checkerboard_and_bounded(photos, tmp_path):  # noqa: F811
-    for arch in ("factorized", "hyperprior"):
-        with pytest.raises(ValueError, match="fine_synthesis_blocks"):
-            image_models.build(arch, {"N": 16, "M": 24, "fine_synthesis_blocks": 1})
-    for bad in (-1, image_models.MAX_FINE_SYNTHESIS_BLOCKS + 1, 1.5):
-        with pytest.raises(ValueError, match="fine_synthesis_blocks"):
-            image_models.build("checkerboard", {"N": 16, "M": 24, "fine_synthesis_blocks": bad})
-    with pytest.raises(SystemExit, match="--fine-synthesis-blocks is for --arch checkerboard"):
-        train.train(_args(tmp_path / "h", photos, "--arch", "hyperprior", "--fine-synthesis-blocks", "1",
                           "--steps", "1"))
